@@ -1,0 +1,45 @@
+# The two commands of the README: `make book` and `make test`. Both work on a fresh machine:
+# they create .venv, install the pinned packages and the vendored web assets, then do their job.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+HTML   := _build/html
+
+# `book/` is a folder, so every target is phony or `make book` would say "up to date".
+.PHONY: setup book test bench serve lab clean vendor
+
+setup: $(STAMP) vendor
+
+$(STAMP): requirements.txt constraints.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt -r requirements.txt
+	$(BIN)/pip install --quiet --no-deps -e .
+	touch $@
+
+# Mermaid and the widget manager are served from the built site itself, never from a CDN.
+vendor: build/vendor/.stamp
+build/vendor/.stamp: package.json package-lock.json scripts/vendor_assets.sh
+	scripts/vendor_assets.sh build/vendor
+	touch $@
+
+book: setup
+	$(BIN)/jupyter-book build . -W -n --keep-going
+	@echo
+	@echo "Built. To read it: make serve   (then open http://127.0.0.1:8000/)"
+
+serve:
+	$(BIN)/python -m http.server --bind 127.0.0.1 --directory $(HTML) 8000
+
+lab: setup
+	$(BIN)/jupyter lab --ip=127.0.0.1 chapters/
+
+test: setup
+	$(BIN)/python -m pytest
+
+bench: setup
+	$(BIN)/python scripts/bench.py
+
+clean:
+	rm -rf _build build .jupyter_cache
