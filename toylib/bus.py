@@ -302,14 +302,20 @@ class ConsumerGroup:
         member.wake.set()
         await asyncio.gather(member.task, return_exceptions=True)
 
-    def crash(self, consumer: str, after_events: int = 0) -> None:
-        """Crash ``consumer`` now (``after_events=0``: its task is killed wherever it is) or
-        right after its handler finishes ``after_events`` more events, before the commit."""
+    async def crash(self, consumer: str, after_events: int = 0) -> None:
+        """Crash ``consumer`` now, or right after its handler finishes ``after_events`` more
+        events, before the commit. No commit, no goodbye; its partitions move at once.
+
+        ``after_events=0`` kills its task wherever it is (mid-handler: the handler's own
+        transaction rolls back) and returns once it is gone; otherwise this only arms the
+        crash and returns.
+        """
         member = self._member(consumer)
         v.non_negative("after_events", after_events, integer=True)
         if after_events == 0:
-            member.task.cancel()      # _run_member sees crash_countdown == 0: a crash
-            member.crash_countdown = 0
+            member.crash_countdown = 0    # _run_member: a cancel with countdown 0 is a crash
+            member.task.cancel()
+            await asyncio.gather(member.task, return_exceptions=True)
         else:
             member.crash_countdown = int(after_events)
 

@@ -205,6 +205,20 @@ class Database:
                 self.stats["rollbacks"] += 1
                 raise
 
+    @asynccontextmanager
+    async def atomic(self):
+        """Join the current task's transaction if it has one, else open one.
+
+        For helpers (an outbox event, a status change) that must be atomic on their own yet
+        also commit together with the caller's business rows when called inside its
+        ``transaction()``: an error then rolls back the caller's whole transaction.
+        """
+        if self._in_my_transaction():
+            yield self
+        else:
+            async with self.transaction():
+                yield self
+
     @property
     def in_transaction(self) -> bool:
         """True while the *current task* is inside :meth:`transaction`."""

@@ -102,6 +102,7 @@ class Service(Node):
         self.in_flight = 0
         self.handled = 0
         self.rejected = 0
+        self.errors = 0
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -177,10 +178,21 @@ class Service(Node):
         return web.json_response({"service": self.name, "status": "up",
                                   "in_flight": self.in_flight})
 
-    @staticmethod
-    def _wrap(handler):
+    def _wrap(self, handler):
         async def wrapped(request):
-            result = await handler(request)
+            try:
+                result = await handler(request)
+            except CallError as e:
+                # A dependency failed and the handler did not cope: answer 502 as a gateway
+                # does, rather than a stack trace on stderr.
+                self.errors += 1
+                return web.json_response({"error": str(e), "service": self.name}, status=502)
+            except web.HTTPException:
+                raise
+            except Exception as e:
+                self.errors += 1
+                return web.json_response({"error": f"{type(e).__name__}: {e}",
+                                          "service": self.name}, status=500)
             if isinstance(result, web.StreamResponse):
                 return result
             if isinstance(result, str):
@@ -251,7 +263,7 @@ class Service(Node):
         await self._runner.setup()
         self._site = web.TCPSite(self._runner, HOST, 0)
         await self._site.start()
-        self.port = self._site._server.sockets[0].getsockname()[1]
+        self.port = self._runner.addresses[0][1]
         self._session = topology._new_session(self.pool_size)
 
     async def _stop(self) -> None:
@@ -414,7 +426,7 @@ class Topology:
         if deadline is not None:
             if deadline.expired():
                 self._record(trace_id, span_id, parent, caller, target, method, path, path,
-                             self.tracer.clock(), "deadline", 0, 0)
+                             self.tracer.clock(), "deadline", 0, 0, 0)
                 raise CallError(caller, target, path, "deadline", detail="no time left")
             if timeout is None or deadline.remaining() < timeout:
                 timeout, kind = deadline.remaining(), "deadline"
@@ -425,7 +437,7 @@ class Topology:
 
         start = self.tracer.clock()
         status: int | str = "cancelled"
-        route, resp_body, resp_headers = path, b"", {}
+        route, resp_body, resp_headers, wire = path, b"", {}, 0
         try:
             async with session.request(
                     method, svc.url + path, data=body or None, params=params, headers=hdrs,
@@ -433,6 +445,7 @@ class Topology:
                 resp_body = await r.read()
                 status, route, resp_headers = r.status, r.headers.get(ROUTE_HEADER, path), \
                     dict(r.headers)
+                wire = _wire_bytes(r, body, resp_body)
         except asyncio.TimeoutError:
             status = kind
         except aiohttp.ClientConnectorError:
@@ -442,7 +455,7 @@ class Topology:
             status = "reset"
         finally:
             self._record(trace_id, span_id, parent, caller, target, method, route, path, start,
-                         status, len(body), len(resp_body))
+                         status, len(body), len(resp_body), wire)
         if isinstance(status, str):
             raise CallError(caller, target, path, status)
         if raw:
@@ -453,16 +466,29 @@ class Topology:
         return jsonlib.loads(resp_body) if resp_body else None
 
     def _record(self, trace_id, span_id, parent, caller, callee, method, route, path, start,
-                status, req_bytes, resp_bytes):
+                status, req_bytes, resp_bytes, wire_bytes):
         self.tracer.record(tr.Span(trace_id, span_id, parent, caller, callee, method, route,
                                    path, start, self.tracer.clock(), status, req_bytes,
-                                   resp_bytes))
+                                   resp_bytes, wire_bytes))
 
     # -- pictures ----------------------------------------------------------------------------
     def diagram(self, **kwargs):
         """A Mermaid flowchart of this topology in the four planes; see toylib.diagrams."""
         from .diagrams import flowchart
         return flowchart(self, **kwargs)
+
+
+def _wire_bytes(r: aiohttp.ClientResponse, req_body: bytes, resp_body: bytes) -> int:
+    """HTTP/1.1 bytes both ways: request line, headers and body, status line, headers and body.
+
+    TCP/IP framing is not counted. The headers are what makes many small calls expensive.
+    """
+    info = r.request_info
+    req = len(f"{info.method} {info.url.raw_path_qs} HTTP/1.1\r\n") + 2 + len(req_body)
+    req += sum(len(k) + len(val) + 4 for k, val in info.headers.items())
+    resp = len(f"HTTP/1.1 {r.status} {r.reason}\r\n") + 2 + len(resp_body)
+    resp += sum(len(k) + len(val) + 4 for k, val in r.raw_headers)
+    return req + resp
 
 
 def now() -> float:

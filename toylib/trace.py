@@ -37,8 +37,9 @@ class Span:
     start: float        # seconds on the tracer's clock
     end: float
     status: int | str   # HTTP status, or "refused", "reset", "timeout", "cancelled", ...
-    req_bytes: int
-    resp_bytes: int
+    req_bytes: int      # request body
+    resp_bytes: int     # response body
+    wire_bytes: int     # both ways with HTTP headers (0 when no answer came)
 
     @property
     def ok(self) -> bool:

@@ -1,0 +1,214 @@
+"""Open every page of the built book in headless Chromium and report what a reader would see.
+
+    python scripts/check_site.py [SITE_DIR] [--artifacts DIR] [--page PATH ...]
+
+Serves SITE_DIR (default _build/html) on 127.0.0.1 at an ephemeral port, from a thread of this
+process, and for each page reports:
+
+* console errors and uncaught page errors (the theme's harmless "THEBE_JS_URL has already been
+  declared" is listed apart as known);
+* Mermaid diagrams: how many ``.mermaid`` blocks the page has and how many became an SVG
+  (diagrams inside a closed dropdown render only when opened, so they are counted apart);
+* ipywidgets: how many widget views the page embeds and how many the widget manager rendered;
+* every request that would leave 127.0.0.1 (it is blocked, not sent) and every local 404;
+
+and saves a full-page screenshot per page into the artifacts folder (default test-artifacts/).
+Exit status 0 when no page has a problem, 1 otherwise. Uses the system Chromium
+(``apt-get install chromium``); it never downloads a browser.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import http.server
+import re
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+LOCAL_HOSTS = {"127.0.0.1", "localhost"}
+KNOWN_CONSOLE_ERRORS = (re.compile(r"THEBE_JS_URL.*already been declared"),)
+SKIP_PAGES = {"genindex.html", "search.html"}
+RENDER_WAIT_S = 20.0
+
+# Counted in the page once scripts had their chance. Mermaid leaves an <svg> inside each
+# .mermaid block it rendered; the widget manager replaces each view <script> with a
+# .jupyter-widgets element beside it.
+PROBE_JS = """() => {
+  const blocks = [...document.querySelectorAll('.mermaid')]
+      .filter(el => !el.closest('.mermaid-fullscreen-modal'));
+  const deferred = blocks.filter(el => el.hasAttribute('data-mermaid-deferred'));
+  return {
+    mermaid_blocks: blocks.length,
+    mermaid_svgs: blocks.filter(el => el.querySelector('svg')).length,
+    mermaid_deferred: deferred.filter(el => !el.querySelector('svg')).length,
+    widget_views: document.querySelectorAll(
+        'script[type="application/vnd.jupyter.widget-view+json"]').length,
+    widget_views_filled: [...document.querySelectorAll(
+        'script[type="application/vnd.jupyter.widget-view+json"]')]
+        .filter(s => s.parentElement && s.parentElement.querySelector('.jupyter-widgets'))
+        .length,
+  };
+}"""
+
+
+@dataclass
+class PageReport:
+    path: str
+    console_errors: list[str] = field(default_factory=list)
+    known_errors: list[str] = field(default_factory=list)
+    external_requests: list[str] = field(default_factory=list)
+    failed_requests: list[str] = field(default_factory=list)
+    counts: dict = field(default_factory=dict)
+    screenshot: str = ""
+
+    def problems(self) -> list[str]:
+        c = self.counts
+        out = [f"console: {e}" for e in self.console_errors]
+        out += [f"left 127.0.0.1 (blocked): {u}" for u in self.external_requests]
+        out += [f"failed: {u}" for u in self.failed_requests]
+        if c.get("mermaid_svgs", 0) + c.get("mermaid_deferred", 0) < c.get("mermaid_blocks", 0):
+            out.append(f"mermaid: {c['mermaid_svgs']} of {c['mermaid_blocks']} blocks rendered")
+        if c.get("widget_views_filled", 0) < c.get("widget_views", 0):
+            out.append(f"widgets: {c['widget_views_filled']} of {c['widget_views']} views rendered")
+        return out
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    extensions_map = {**http.server.SimpleHTTPRequestHandler.extensions_map,
+                      ".mjs": "text/javascript", ".js": "text/javascript"}
+
+    def log_message(self, *args):  # the report says what matters
+        pass
+
+
+@contextmanager
+def serve(site: Path):
+    """Serve ``site`` on 127.0.0.1 at a free port for the duration of the block."""
+    handler = functools.partial(_QuietHandler, directory=str(site))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, name="site-server", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def pages_of(site: Path) -> list[str]:
+    skip_dirs = {"_static", "_sources", "_images", "jupyter_execute"}
+    return sorted(p.relative_to(site).as_posix() for p in site.rglob("*.html")
+                  if not (set(p.relative_to(site).parts[:-1]) & skip_dirs)
+                  and p.name not in SKIP_PAGES)
+
+
+def check_page(context, base: str, path: str, artifacts: Path) -> PageReport:
+    report = PageReport(path)
+    page = context.new_page()
+
+    def on_console(msg):
+        if msg.type != "error":
+            return
+        known = any(rx.search(msg.text) for rx in KNOWN_CONSOLE_ERRORS)
+        (report.known_errors if known else report.console_errors).append(msg.text)
+
+    def on_response(resp):
+        if resp.status >= 400:
+            report.failed_requests.append(f"{resp.status} {resp.url}")
+
+    page.on("console", on_console)
+    page.on("pageerror", lambda exc: report.console_errors.append(f"uncaught: {exc}"))
+    page.on("response", on_response)
+    try:
+        page.goto(base + path, wait_until="load", timeout=30_000)
+        counts = _wait_for_rendering(page)
+        report.counts = counts
+        shot = artifacts / (path.replace("/", "__").removesuffix(".html") + ".png")
+        page.screenshot(path=str(shot), full_page=True)
+        report.screenshot = str(shot)
+    finally:
+        page.close()
+    return report
+
+
+def _wait_for_rendering(page) -> dict:
+    """Poll until every Mermaid block and widget view has rendered, or RENDER_WAIT_S passes."""
+    deadline = time.monotonic() + RENDER_WAIT_S
+    while True:
+        c = page.evaluate(PROBE_JS)
+        done = (c["mermaid_svgs"] + c["mermaid_deferred"] >= c["mermaid_blocks"]
+                and c["widget_views_filled"] >= c["widget_views"])
+        if done or time.monotonic() > deadline:
+            page.wait_for_timeout(300)  # let the last layout settle before the screenshot
+            return page.evaluate(PROBE_JS)
+        page.wait_for_timeout(200)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("site", nargs="?", default="_build/html", type=Path)
+    ap.add_argument("--artifacts", default="test-artifacts", type=Path)
+    ap.add_argument("--page", action="append", help="check only these pages (path in the site)")
+    args = ap.parse_args(argv)
+
+    from playwright.sync_api import sync_playwright  # imported late: --help works without it
+
+    site = args.site.resolve()
+    if not (site / "index.html").exists():
+        print(f"no built site in {args.site}: run `make book` first", file=sys.stderr)
+        return 2
+    args.artifacts.mkdir(parents=True, exist_ok=True)
+    pages = args.page or pages_of(site)
+
+    reports: list[PageReport] = []
+    with serve(site) as base, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            context = browser.new_context(viewport={"width": 1280, "height": 900})
+
+            def route(r):
+                host = urlsplit(r.request.url).hostname
+                if r.request.url.startswith(("http://", "https://")) and host not in LOCAL_HOSTS:
+                    _pending_external.append(r.request.url)
+                    r.abort()
+                else:
+                    r.continue_()
+
+            _pending_external: list[str] = []
+            context.route("**/*", route)
+            for path in pages:
+                _pending_external.clear()
+                rep = check_page(context, base, path, args.artifacts)
+                rep.external_requests = sorted(set(_pending_external))
+                reports.append(rep)
+            context.close()
+        finally:
+            browser.close()
+
+    bad = 0
+    for rep in reports:
+        c = rep.counts
+        problems = rep.problems()
+        bad += bool(problems)
+        print(f"{'FAIL' if problems else 'ok  '} {rep.path}: mermaid {c.get('mermaid_svgs', 0)}"
+              f"/{c.get('mermaid_blocks', 0)} svg"
+              + (f" ({c['mermaid_deferred']} in closed blocks)" if c.get("mermaid_deferred") else "")
+              + f", widgets {c.get('widget_views_filled', 0)}/{c.get('widget_views', 0)} views"
+              + (f", known console noise: {len(rep.known_errors)}" if rep.known_errors else ""))
+        for p in problems:
+            print(f"       {p}")
+    print(f"{len(reports) - bad} pages ok, {bad} with problems; screenshots in {args.artifacts}/")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
