@@ -280,6 +280,7 @@ async def test_call_that_outlives_its_state_cannot_move_the_breaker():
         await slow                                          # threshold, but it is stale
     assert cb.state == CLOSED and cb.snapshot().calls == 0
     assert transitions(cb)[-1] == (HALF_OPEN, CLOSED)
+    assert [e.kind for e in cb.events].count("failure_rate_exceeded") == 1
 
 
 async def test_trial_call_that_outlives_a_reset_cannot_close_the_breaker():
@@ -301,6 +302,20 @@ async def test_trial_call_that_outlives_a_reset_cannot_close_the_breaker():
     go.set()
     assert await task == "ok"
     assert cb.state == OPEN
+
+
+async def test_cancelled_call_from_an_older_state_returns_no_permit_to_the_new_one():
+    clock = FakeClock()
+    cb = breaker(clock, window_size=1, minimum_calls=1, wait_in_open=10, permitted_in_half_open=1)
+    old = asyncio.create_task(cb.call(asyncio.Event().wait))   # admitted while closed
+    await asyncio.sleep(0)
+    trip(cb)
+    clock.t = 11
+    assert cb.try_acquire() and cb.state == HALF_OPEN           # the only trial permit
+    old.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await old
+    assert not cb.try_acquire()
 
 
 # -- half-open ------------------------------------------------------------------------------------

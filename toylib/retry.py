@@ -89,24 +89,28 @@ class RetryBudget:
     """A token bucket that keeps retries to a fraction of requests (SRE book, Envoy, Finagle).
 
     The rule: every request deposits ``ratio`` tokens, every retry spends one whole token, and
-    a retry with no whole token available is not made. The balance starts at ``burst`` and
-    never exceeds it, so a quiet client can still retry a few times, and ``per_second`` tokens
-    trickle in so that a client with very little traffic is not starved. Hence, over any run:
+    a retry with no whole token available is not made. The balance starts at ``initial``
+    (default: full) and never exceeds ``burst``, so a quiet client can still retry a few times,
+    and ``per_second`` tokens trickle in so that a client with very little traffic is not
+    starved. Hence, over any run:
 
-        retries <= burst + ratio * requests + per_second * elapsed      (see :meth:`bound`)
+        retries <= initial + ratio * requests + per_second * elapsed      (see :meth:`bound`)
 
     With ratio 0.1 a long outage costs at most about 10 % extra load, not 3x.
     """
 
-    def __init__(self, ratio: float = 0.1, *, burst: float = 10.0, per_second: float = 0.0,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(self, ratio: float = 0.1, *, burst: float = 10.0, initial: float | None = None,
+                 per_second: float = 0.0, clock: Callable[[], float] = time.monotonic):
         self.ratio = v.probability("ratio", ratio)
-        self.burst = v.non_negative("burst", burst)
+        # A bucket that cannot hold one whole token could never pay for a retry.
+        self.burst = v.number("burst", burst, low=1)
+        self.initial = v.number("initial", self.burst if initial is None else initial,
+                                low=0, high=self.burst)
         self.per_second = v.non_negative("per_second", per_second)
         if not callable(clock):
             raise TypeError(f"clock must be a callable returning seconds; got {clock!r}")
         self.clock = clock
-        self.tokens = float(self.burst)
+        self.tokens = float(self.initial)
         self.requests = self.retries = self.refused = 0
         self._started = self._last = clock()
 
@@ -135,7 +139,7 @@ class RetryBudget:
     def bound(self) -> float:
         """The most retries this budget can have allowed so far (the rule above)."""
         elapsed = max(0.0, self._last - self._started)
-        return self.burst + self.ratio * self.requests + self.per_second * elapsed
+        return self.initial + self.ratio * self.requests + self.per_second * elapsed
 
 
 @dataclass
