@@ -92,7 +92,7 @@ async def test_one_consumer_per_partition_through_joins_and_leaves():
         nonlocal worst
         in_flight[event.partition] += 1
         worst = max(worst, in_flight[event.partition])
-        await asyncio.sleep(0.001)
+        await asyncio.sleep(0.0004 * (1 + (7 * event.offset + event.partition) % 5))  # uneven
         seen.append(event.value)
         in_flight[event.partition] -= 1
 
@@ -102,23 +102,22 @@ async def test_one_consumer_per_partition_through_joins_and_leaves():
 
     async with bus.consumer_group("orders", "billing", handle, consumers=1) as group:
         await publish_numbered(bus, "orders", 300, keys=12)
-        joined = []
-        for k in range(8):                       # joins and leaves at varied moments
+        for k in range(8):             # the membership rotates: 1 → 2 → 1 consumers…
             await asyncio.sleep(0.0007 * (k + 1))
-            joined.append(group.add_consumer())
+            group.add_consumer()
             check_assignment(group)
             await asyncio.sleep(0.0011 * (k + 1))
             check_assignment(group)
-            if k % 2:
-                await group.stop_consumer(joined.pop(0))
-                check_assignment(group)
+            await group.stop_consumer(group.consumers[0])   # …its partitions move
+            check_assignment(group)
+        group.add_consumer()
         await group.wait_caught_up()
         check_assignment(group)
         assert sorted(p for ps in group.assignment().values() for p in ps) == [0, 1, 2, 3]
-        assert len(group.consumers) == 5
-        assert len({d["consumer"] for d in group.deliveries}) >= 5   # they all worked
+        assert len(group.consumers) == 2
+        assert len({d["consumer"] for d in group.deliveries}) >= 8   # they all worked
     assert worst == 1
-    assert group.stats["rebalances"] >= 12
+    assert group.stats["rebalances"] >= 18
     for key, order in per_key(seen).items():
         assert first_deliveries_in_order(order), key
     assert {v["i"] for v in seen} == set(range(300))
@@ -276,12 +275,13 @@ async def test_lag_rises_while_the_consumer_is_stopped_and_drains_after():
             await asyncio.sleep(0.001)
         assert group.lag() == 30
         assert bus.lag("billing").lag.sum() == 30
+        bus.sample_lag()                                  # one sample exactly at the peak
         t_restart = bus.clock() - bus.t0
         group.add_consumer()
         await group.wait_caught_up()
         await asyncio.sleep(0.005)
     total = bus.lag_history().groupby("t").lag.sum()
-    outage = total[(total.index > t_stop) & (total.index < t_restart)]
+    outage = total[(total.index > t_stop) & (total.index <= t_restart)]
     assert len(outage) >= 5 and outage.is_monotonic_increasing and outage.iloc[-1] >= 25
     assert total.max() == 30 and total.iloc[-1] == 0
     assert sorted(got) == list(range(40))

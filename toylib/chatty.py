@@ -173,7 +173,7 @@ def bff_service(cache: TTLCache) -> Service:
 
 def after(k: Knobs | None = None, cache: TTLCache | None = None) -> Topology:
     k = k or Knobs()
-    cache = cache or TTLCache(k.ttl_s)
+    cache = cache if cache is not None else TTLCache(k.ttl_s)   # an empty cache is falsy
     users, posts = data_services(k)
     _inject(k, users, posts)
     topo = Topology(bff_service(cache), composite_service(k), users, posts,
@@ -218,15 +218,21 @@ def with_dataloader(k: Knobs | None = None) -> Topology:
     k = k or Knobs()
     users, posts = data_services(k)
     _inject(k, users, posts)
-    return Topology(batching_gateway(), users, posts, name="chatty: dataloader", seed=k.seed)
+    # The stores too: the services' ``uses`` name them, so the diagram needs them in a plane.
+    return Topology(batching_gateway(), users, posts,
+                    Store("user_db", label="User DB"), Store("post_db", label="Post DB"),
+                    name="chatty: dataloader", seed=k.seed)
 
 
 # -- the analytic figures the chapter puts beside its measurements ------------------------------
 def ideal(k: Knobs) -> dict:
     """Ideal latency (ms) and success probability of one page, from the knobs alone."""
     calls_before = 1 + k.n_posts + k.n_friends
-    return {"calls_before": calls_before, "calls_after": 3, "calls_dataloader": 3,
-            "latency_dataloader_ms": 2 * k.latency_ms,   # the user first, then both batches
+    # The loaders send no batch for an empty list: with no posts (or friends) one call fewer.
+    batches = (k.n_posts > 0) + (k.n_friends > 0)
+    return {"calls_before": calls_before, "calls_after": 3, "calls_dataloader": 1 + batches,
+            # the user first, then both batches together
+            "latency_dataloader_ms": (2 if batches else 1) * k.latency_ms,
             "latency_before_ms": calls_before * k.latency_ms,
             "latency_after_cold_ms": k.latency_ms,     # three calls in parallel: one round trip
             "latency_after_warm_ms": 0.0,

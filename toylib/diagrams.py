@@ -48,8 +48,8 @@ def _id(name: str) -> str:
 
 
 def _text(s: str) -> str:
-    # Mermaid labels: quotes and brackets would end the label early.
-    return str(s).replace('"', "'").replace("[", "(").replace("]", ")")
+    # Mermaid labels: quotes and brackets would end the label early; ';' ends a statement.
+    return str(s).replace('"', "'").replace("[", "(").replace("]", ")").replace(";", ",")
 
 
 def _shape(node) -> str:
@@ -72,7 +72,8 @@ def flowchart(topology, *, trace: pd.DataFrame | None = None, problems: dict | N
         topology[name]  # KeyError naming the allowed names if unknown
     lines = []
     if title:
-        lines += ["---", f"title: {_text(title)}", "---"]
+        # Quoted: the front matter is YAML, where "Before: chatty" would be a syntax error.
+        lines += ["---", f'title: "{_text(title)}"', "---"]
     lines.append(f"flowchart {direction}")
     by_plane: dict[str, list] = {p: [] for p in PLANE_STYLE}
     for node in topology.nodes.values():
