@@ -9,6 +9,7 @@ process, and for each page reports:
   declared" is listed apart as known);
 * Mermaid diagrams: how many ``.mermaid`` blocks the page has and how many became an SVG
   (diagrams inside a closed dropdown render only when opened, so they are counted apart);
+* math: how many formulas the page has and how many MathJax typeset;
 * ipywidgets: how many widget views the page embeds and how many the widget manager rendered;
 * every request that would leave 127.0.0.1 (it is blocked, not sent) and every local 404;
 
@@ -36,6 +37,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-backg
 LOCAL_HOSTS = {"127.0.0.1", "localhost"}
 KNOWN_CONSOLE_ERRORS = (re.compile(r"THEBE_JS_URL.*already been declared"),)
 SKIP_PAGES = {"genindex.html", "search.html"}
+PlaywrightError = Exception  # replaced by playwright's Error class in main()
 RENDER_WAIT_S = 20.0
 
 # Counted in the page once scripts had their chance. Mermaid leaves an <svg> inside each
@@ -49,6 +51,8 @@ PROBE_JS = """() => {
     mermaid_blocks: blocks.length,
     mermaid_svgs: blocks.filter(el => el.querySelector('svg')).length,
     mermaid_deferred: deferred.filter(el => !el.querySelector('svg')).length,
+    math: document.querySelectorAll('.math').length,
+    math_rendered: document.querySelectorAll('.math mjx-container').length,
     widget_views: document.querySelectorAll(
         'script[type="application/vnd.jupyter.widget-view+json"]').length,
     widget_views_filled: [...document.querySelectorAll(
@@ -76,6 +80,8 @@ class PageReport:
         out += [f"failed: {u}" for u in self.failed_requests]
         if c.get("mermaid_svgs", 0) + c.get("mermaid_deferred", 0) < c.get("mermaid_blocks", 0):
             out.append(f"mermaid: {c['mermaid_svgs']} of {c['mermaid_blocks']} blocks rendered")
+        if c.get("math_rendered", 0) < c.get("math", 0):
+            out.append(f"math: {c['math_rendered']} of {c['math']} formulas typeset")
         if c.get("widget_views_filled", 0) < c.get("widget_views", 0):
             out.append(f"widgets: {c['widget_views_filled']} of {c['widget_views']} views rendered")
         return out
@@ -115,18 +121,20 @@ def check_page(context, base: str, path: str, artifacts: Path) -> PageReport:
     report = PageReport(path)
     page = context.new_page()
 
+    def error(text):
+        known = any(rx.search(text) for rx in KNOWN_CONSOLE_ERRORS)
+        (report.known_errors if known else report.console_errors).append(text)
+
     def on_console(msg):
-        if msg.type != "error":
-            return
-        known = any(rx.search(msg.text) for rx in KNOWN_CONSOLE_ERRORS)
-        (report.known_errors if known else report.console_errors).append(msg.text)
+        if msg.type == "error":
+            error(msg.text)
 
     def on_response(resp):
         if resp.status >= 400:
             report.failed_requests.append(f"{resp.status} {resp.url}")
 
     page.on("console", on_console)
-    page.on("pageerror", lambda exc: report.console_errors.append(f"uncaught: {exc}"))
+    page.on("pageerror", lambda exc: error(f"uncaught: {exc}"))
     page.on("response", on_response)
     try:
         page.goto(base + path, wait_until="load", timeout=30_000)
@@ -144,9 +152,16 @@ def _wait_for_rendering(page) -> dict:
     """Poll until every Mermaid block and widget view has rendered, or RENDER_WAIT_S passes."""
     deadline = time.monotonic() + RENDER_WAIT_S
     while True:
-        c = page.evaluate(PROBE_JS)
+        try:
+            c = page.evaluate(PROBE_JS)
+        except PlaywrightError as exc:  # a redirect page (index.html) navigated away
+            if "context was destroyed" not in str(exc) or time.monotonic() > deadline:
+                raise
+            page.wait_for_load_state("load")
+            continue
         done = (c["mermaid_svgs"] + c["mermaid_deferred"] >= c["mermaid_blocks"]
-                and c["widget_views_filled"] >= c["widget_views"])
+                and c["widget_views_filled"] >= c["widget_views"]
+                and c["math_rendered"] >= c["math"])
         if done or time.monotonic() > deadline:
             page.wait_for_timeout(300)  # let the last layout settle before the screenshot
             return page.evaluate(PROBE_JS)
@@ -160,7 +175,9 @@ def main(argv=None) -> int:
     ap.add_argument("--page", action="append", help="check only these pages (path in the site)")
     args = ap.parse_args(argv)
 
-    from playwright.sync_api import sync_playwright  # imported late: --help works without it
+    global PlaywrightError
+    # Imported late, so that --help works where playwright is not installed.
+    from playwright.sync_api import Error as PlaywrightError, sync_playwright
 
     site = args.site.resolve()
     if not (site / "index.html").exists():
@@ -190,6 +207,7 @@ def main(argv=None) -> int:
                 rep = check_page(context, base, path, args.artifacts)
                 rep.external_requests = sorted(set(_pending_external))
                 reports.append(rep)
+                print(f"checked {path}", file=sys.stderr, flush=True)
             context.close()
         finally:
             browser.close()
@@ -202,6 +220,7 @@ def main(argv=None) -> int:
         print(f"{'FAIL' if problems else 'ok  '} {rep.path}: mermaid {c.get('mermaid_svgs', 0)}"
               f"/{c.get('mermaid_blocks', 0)} svg"
               + (f" ({c['mermaid_deferred']} in closed blocks)" if c.get("mermaid_deferred") else "")
+              + f", math {c.get('math_rendered', 0)}/{c.get('math', 0)}"
               + f", widgets {c.get('widget_views_filled', 0)}/{c.get('widget_views', 0)} views"
               + (f", known console noise: {len(rep.known_errors)}" if rep.known_errors else ""))
         for p in problems:

@@ -3,10 +3,13 @@
 #
 # The site must work with no third-party host: _config.yml points sphinxcontrib-mermaid and
 # myst-nb's widget loader at these copies, and html_static_path serves DEST as _static/.
-# Only the files a page actually loads are copied (about 7 MB of the 250 MB node_modules):
+# Only the files a page actually loads are copied (about 9 MB of the 275 MB node_modules):
 #
 #   DEST/mermaid/mermaid.esm.min.mjs            ES module entry (sphinxcontrib-mermaid imports it)
 #   DEST/mermaid/chunks/mermaid.esm.min/*.mjs   the chunks it imports lazily, per diagram type
+#   DEST/mathjax/tex-mml-chtml.js               MathJax 3 (Sphinx's default component) for $math$
+#   DEST/mathjax/output/chtml/fonts/woff-v2/    its fonts
+#   DEST/mathjax/input/tex/extensions/          TeX packages it autoloads on first use
 #   DEST/jupyter-widgets/embed-amd.js           ipywidgets HTML manager (AMD, controls 5 + 7)
 #   DEST/jupyter-widgets/*.woff2, *.woff        Font Awesome files its CSS loads for widget icons
 #   DEST/jupyter-widgets/require.js             RequireJS, which embed-amd.js needs
@@ -31,13 +34,21 @@ command -v npm >/dev/null || { echo "vendor_assets.sh: npm (Node 20) is required
 npm ci --ignore-scripts --no-audit --no-fund --loglevel=error >/dev/null
 
 nm=node_modules
-rm -rf "$dest/mermaid" "$dest/jupyter-widgets"
-mkdir -p "$dest/mermaid/chunks/mermaid.esm.min" "$dest/jupyter-widgets"
+rm -rf "$dest/mermaid" "$dest/mathjax" "$dest/jupyter-widgets"
+mkdir -p "$dest/mermaid/chunks/mermaid.esm.min" "$dest/jupyter-widgets" \
+         "$dest/mathjax/output/chtml/fonts" "$dest/mathjax/input/tex"
 
 # Mermaid: the entry imports ./chunks/mermaid.esm.min/<chunk>.mjs, so keep that layout.
 cp "$nm/mermaid/dist/mermaid.esm.min.mjs" "$nm/mermaid/LICENSE" "$dest/mermaid/"
 find "$nm/mermaid/dist/chunks/mermaid.esm.min" -maxdepth 1 -name '*.mjs' \
     -exec cp {} "$dest/mermaid/chunks/mermaid.esm.min/" \;
+
+# MathJax finds its fonts and extensions relative to its own script. The accessibility
+# explorer (a11y/, sre/, 4 MB) loads only if a reader turns it on in MathJax's menu: left out.
+mj="$nm/mathjax/es5"
+cp "$mj/tex-mml-chtml.js" "$nm/mathjax/LICENSE" "$dest/mathjax/"
+cp -r "$mj/output/chtml/fonts/woff-v2" "$dest/mathjax/output/chtml/fonts/"
+cp -r "$mj/input/tex/extensions" "$dest/mathjax/input/tex/"
 
 # Widgets: embed-amd.js sets webpack's public path to its own folder, and its Font Awesome
 # CSS asks for <hash>.woff2 (then .woff) from there; .eot/.ttf/.svg are for old browsers.
@@ -62,7 +73,7 @@ var require = (function () {
 JS
 
 # Fail loudly if a package moved a file (a version bump that changes the layout).
-for f in mermaid/mermaid.esm.min.mjs jupyter-widgets/embed-amd.js jupyter-widgets/require.js \
+for f in mermaid/mermaid.esm.min.mjs mathjax/tex-mml-chtml.js jupyter-widgets/embed-amd.js jupyter-widgets/require.js \
          jupyter-widgets/require-config.js; do
     [ -s "$dest/$f" ] || { echo "vendor_assets.sh: missing $f" >&2; exit 1; }
 done

@@ -1,4 +1,4 @@
-"""The bulkhead fails fast when full, never runs the rejected function, and always frees its slot."""
+"""The bulkhead fails fast when full, never runs the rejected function, always frees its slot."""
 from __future__ import annotations
 
 import asyncio

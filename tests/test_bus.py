@@ -153,7 +153,7 @@ async def effects_db(ws):
     return db, work
 
 
-async def test_crash_mid_batch_redelivers_and_the_idempotent_consumer_absorbs_duplicates():
+async def test_crash_mid_batch_redelivers_and_the_idempotent_consumer_absorbs_duplicates(leakcheck):
     bus = EventBus()
     bus.create_topic("orders", partitions=2)
     async with Workspace() as ws:
@@ -256,7 +256,7 @@ async def test_at_most_once_loses_the_rest_of_the_batch_on_a_crash():
     assert no_tasks_left()
 
 
-async def test_lag_rises_while_the_consumer_is_stopped_and_drains_after():
+async def test_lag_rises_while_the_consumer_is_stopped_and_drains_after(leakcheck):
     bus = EventBus()
     bus.create_topic("orders", partitions=3)
     got = []
@@ -315,7 +315,7 @@ async def test_downstream_outage_makes_lag_that_drains_with_no_event_lost():
     assert no_tasks_left()
 
 
-async def test_leaving_the_block_on_error_or_cancellation_stops_every_consumer():
+async def test_leaving_the_block_on_error_or_cancellation_stops_every_consumer(leakcheck):
     bus = EventBus()
     bus.create_topic("orders", partitions=2)
 

@@ -17,7 +17,7 @@ def leftovers():
     return tasks, threads
 
 
-async def test_workspace_files_exist_inside_and_are_removed_after():
+async def test_workspace_files_exist_inside_and_are_removed_after(leakcheck):
     async with Workspace() as ws:
         db = await ws.database("orders")
         await db.execute("CREATE TABLE t (x)")
@@ -29,7 +29,7 @@ async def test_workspace_files_exist_inside_and_are_removed_after():
     assert leftovers() == (set(), [])
 
 
-async def test_workspace_removed_and_connections_closed_on_error():
+async def test_workspace_removed_and_connections_closed_on_error(leakcheck):
     with pytest.raises(ZeroDivisionError):
         async with Workspace() as ws:
             db = await ws.database("orders")
@@ -42,7 +42,7 @@ async def test_workspace_removed_and_connections_closed_on_error():
     assert leftovers() == (set(), [])
 
 
-async def test_workspace_removed_on_cancellation():
+async def test_workspace_removed_on_cancellation(leakcheck):
     started = asyncio.Event()
     box = {}
 
@@ -91,7 +91,7 @@ async def test_transaction_commits_and_rolls_back_on_error():
         assert db.stats["commits"] == 1 and db.stats["rollbacks"] == 1
 
 
-async def test_transaction_rolls_back_when_the_task_is_cancelled():
+async def test_transaction_rolls_back_when_the_task_is_cancelled(leakcheck):
     async with Workspace() as ws:
         db = await ws.database("orders")
         await db.execute("CREATE TABLE t (x INTEGER)")

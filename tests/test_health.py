@@ -152,6 +152,38 @@ async def test_exit_waits_for_a_probe_that_cleans_up_slowly():
     assert cleaned == [True] and other_tasks() == set()
 
 
+async def test_cancelled_while_leaving_still_waits_and_leaves_cleanup_alone():
+    clock = FakeClock()
+    probing, leaving, finish_cleanup = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    cleaned = []
+
+    async def stubborn():
+        probing.set()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await finish_cleanup.wait()     # e.g. closing a connection
+            cleaned.append(True)
+
+    async def user():
+        async with HealthChecker({"a": stubborn}, timeout=None, clock=clock,
+                                 sleep=FakeSleep(clock)):
+            await probing.wait()
+            leaving.set()
+
+    task = asyncio.create_task(user())
+    await leaving.wait()
+    for _ in range(3):
+        await asyncio.sleep(0)              # the user task is now waiting in __aexit__
+    task.cancel()                           # a second cancellation must not hit the cleanup
+    await asyncio.sleep(0)
+    assert not task.done()                  # still waiting for the checker to finish
+    finish_cleanup.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert cleaned == [True] and other_tasks() == set()
+
+
 async def test_cannot_enter_twice():
     clock = FakeClock()
     hc = HealthChecker({"a": Switch()}, clock=clock, sleep=FakeSleep(clock))

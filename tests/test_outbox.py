@@ -87,7 +87,7 @@ async def test_relay_publishes_in_order_and_marks_rows_published():
     assert no_tasks_left()
 
 
-async def test_relay_crash_between_publish_and_mark_publishes_twice_and_the_consumer_absorbs_it():
+async def test_relay_crash_between_publish_and_mark_publishes_twice_and_the_consumer_absorbs_it(leakcheck):
     bus = EventBus()
     bus.create_topic("orders", partitions=2)
     async with Workspace() as ws:
@@ -148,7 +148,7 @@ async def test_idempotent_consumer_records_the_id_only_if_the_work_committed():
         assert await other(event) is True
 
 
-async def test_a_relay_that_cannot_publish_reports_it():
+async def test_a_relay_that_cannot_publish_reports_it(leakcheck):
     bus = EventBus()                                  # no "orders" topic on this bus
     with pytest.raises(ValueError, match="topic"):
         async with Workspace() as ws:
@@ -160,7 +160,7 @@ async def test_a_relay_that_cannot_publish_reports_it():
     assert no_tasks_left()
 
 
-async def test_leaving_the_relay_block_on_error_stops_it():
+async def test_leaving_the_relay_block_on_error_stops_it(leakcheck):
     bus = EventBus()
     bus.create_topic("orders")
     with pytest.raises(KeyError):

@@ -156,6 +156,22 @@ async def test_retries_until_success_and_reports_attempts():
     assert stats.successes == 1 and stats.failures == 0
 
 
+async def test_concurrent_calls_sharing_stats_each_get_the_full_attempt_limit():
+    stats = RetryStats()
+
+    async def yielding_sleep(delay):
+        await asyncio.sleep(0)               # let the other call interleave
+
+    fns = [Flaky(100) for _ in range(3)]
+    results = await asyncio.gather(
+        *(retry(fn, attempts=3, policy="none", sleep=yielding_sleep, stats=stats)
+          for fn in fns),
+        return_exceptions=True)
+    assert all(isinstance(r, ConnectionError) for r in results)
+    assert [fn.calls for fn in fns] == [3, 3, 3]
+    assert stats.attempts == 9 and stats.gave_up == {"limit": 3}
+
+
 async def test_sleeps_follow_the_seeded_policy():
     sleep = Sleeps()
     await retry(Flaky(4), attempts=5, policy="decorrelated", base=0.1, cap=5.0,
@@ -240,7 +256,8 @@ async def test_cancellation_is_never_retried():
 
 @settings(max_examples=120, deadline=None)
 @given(ratio=st.sampled_from([0.0, 0.05, 0.1, 0.2, 0.5, 1.0]),
-       burst=st.integers(1, 5), initial=st.integers(0, 5), per_second=st.sampled_from([0.0, 0.1, 1.0]),
+       burst=st.integers(1, 5), initial=st.integers(0, 5),
+       per_second=st.sampled_from([0.0, 0.1, 1.0]),
        attempts=st.integers(1, 6), policy=st.sampled_from(POLICIES),
        failures=st.lists(st.integers(0, 8), min_size=1, max_size=40))
 def test_budget_bounds_total_attempts(ratio, burst, initial, per_second, attempts, policy,

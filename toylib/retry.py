@@ -170,21 +170,8 @@ def _why_not_retry(exc: Exception, retry_on: tuple, retryable, idempotent: bool)
     return None
 
 
-async def retry(fn, *, attempts: int = 3, policy: str = "full", base: float = 0.1,
-                cap: float = 10.0, budget: RetryBudget | None = None,
-                retry_on: tuple = (Exception,), retryable: Callable | None = None,
-                idempotent: bool = True, rng: random.Random | None = None,
-                sleep=asyncio.sleep, stats: RetryStats | None = None):
-    """Await ``fn()``, retrying failures with backoff; return its result.
-
-    ``attempts`` is the per-request limit (the first try included). An exception is retried
-    only if it is an instance of ``retry_on``, ``retryable(exc)`` (when given) is true, it is
-    not :class:`Overloaded`, the call is ``idempotent``, attempts remain and ``budget`` (when
-    given) has a token. Otherwise the last exception is raised. Cancellation is never retried.
-    ``stats`` (a :class:`RetryStats`) receives the counters; ``sleep`` can be faked in tests.
-    ``fn`` takes no arguments (use a lambda or functools.partial) so that its own parameters
-    can never collide with these.
-    """
+def _check_retry(fn, attempts, policy, base, cap, budget, retry_on, retryable, idempotent,
+                 rng) -> tuple[int, tuple]:
     if not callable(fn):
         raise TypeError(f"fn must be callable; got {fn!r}")
     attempts = v.positive("attempts", attempts, integer=True)
@@ -200,20 +187,41 @@ async def retry(fn, *, attempts: int = 3, policy: str = "full", base: float = 0.
         raise TypeError(f"idempotent must be True or False; got {idempotent!r}")
     if budget is not None and not isinstance(budget, RetryBudget):
         raise TypeError(f"budget must be a RetryBudget or None; got {budget!r}")
+    return attempts, retry_on
+
+
+async def retry(fn, *, attempts: int = 3, policy: str = "full", base: float = 0.1,
+                cap: float = 10.0, budget: RetryBudget | None = None,
+                retry_on: tuple = (Exception,), retryable: Callable | None = None,
+                idempotent: bool = True, rng: random.Random | None = None,
+                sleep=asyncio.sleep, stats: RetryStats | None = None):
+    """Await ``fn()``, retrying failures with backoff; return its result.
+
+    ``attempts`` is the per-request limit (the first try included). An exception is retried
+    only if it is an instance of ``retry_on``, ``retryable(exc)`` (when given) is true, it is
+    not :class:`Overloaded`, the call is ``idempotent``, attempts remain and ``budget`` (when
+    given) has a token. Otherwise the last exception is raised. Cancellation is never retried.
+    ``stats`` (a :class:`RetryStats`) receives the counters; ``sleep`` can be faked in tests.
+    ``fn`` takes no arguments (use a lambda or functools.partial) so that its own parameters
+    can never collide with these.
+    """
+    attempts, retry_on = _check_retry(fn, attempts, policy, base, cap, budget, retry_on,
+                                      retryable, idempotent, rng)
     stats = stats if stats is not None else RetryStats()
     stats.calls += 1
-    stats.last_attempts = 0
     if budget is not None:
         budget.on_request()
     delays = _delays(policy, base, cap, rng)
+    made = 0    # local, not on stats: concurrent calls may share one stats object
     while True:
+        made += 1
         stats.attempts += 1
-        stats.last_attempts += 1
+        stats.last_attempts = made
         try:
             result = await fn()
         except Exception as exc:
             reason = _why_not_retry(exc, retry_on, retryable, idempotent)
-            if reason is None and stats.last_attempts >= attempts:
+            if reason is None and made >= attempts:
                 reason = "limit"
             if reason is None and budget is not None and not budget.try_spend():
                 reason = "budget"
