@@ -37,6 +37,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-backg
 LOCAL_HOSTS = {"127.0.0.1", "localhost"}
 KNOWN_CONSOLE_ERRORS = (re.compile(r"THEBE_JS_URL.*already been declared"),)
 SKIP_PAGES = {"genindex.html", "search.html"}
+META_REFRESH = re.compile(r"<meta[^>]+http-equiv=[\"']refresh[\"'][^>]*url=([^\"'>\s]+)", re.I)
 PlaywrightError = Exception  # replaced by playwright's Error class in main()
 RENDER_WAIT_S = 20.0
 
@@ -117,7 +118,7 @@ def pages_of(site: Path) -> list[str]:
                   and p.name not in SKIP_PAGES)
 
 
-def check_page(context, base: str, path: str, artifacts: Path) -> PageReport:
+def check_page(context, base: str, site: Path, path: str, artifacts: Path) -> PageReport:
     report = PageReport(path)
     page = context.new_page()
 
@@ -138,6 +139,9 @@ def check_page(context, base: str, path: str, artifacts: Path) -> PageReport:
     page.on("response", on_response)
     try:
         page.goto(base + path, wait_until="load", timeout=30_000)
+        target = _redirect_target(site / path)
+        if target:  # index.html: check the page it forwards to, once that has loaded
+            page.wait_for_url(re.compile(re.escape(target) + r"(\?.*)?$"), wait_until="load")
         counts = _wait_for_rendering(page)
         report.counts = counts
         shot = artifacts / (path.replace("/", "__").removesuffix(".html") + ".png")
@@ -146,6 +150,12 @@ def check_page(context, base: str, path: str, artifacts: Path) -> PageReport:
     finally:
         page.close()
     return report
+
+
+def _redirect_target(html_file: Path) -> str | None:
+    """Where a page's <meta http-equiv="refresh"> forwards to, if it has one."""
+    match = META_REFRESH.search(html_file.read_text(encoding="utf-8", errors="replace"))
+    return match.group(1) if match else None
 
 
 def _wait_for_rendering(page) -> dict:
@@ -204,7 +214,7 @@ def main(argv=None) -> int:
             context.route("**/*", route)
             for path in pages:
                 _pending_external.clear()
-                rep = check_page(context, base, path, args.artifacts)
+                rep = check_page(context, base, site, path, args.artifacts)
                 rep.external_requests = sorted(set(_pending_external))
                 reports.append(rep)
                 print(f"checked {path}", file=sys.stderr, flush=True)

@@ -59,9 +59,9 @@ async def test_latency_applies_and_scales(leakcheck):
         svc.faults.remove(rule)
         svc.faults.add(Latency(80, 0))
         slow80 = median(await timed(topo, "/a/1", 5))
-    assert 0.95 <= (slow40 - base) / 40 <= 1.35, (base, slow40)
-    assert 0.95 <= (slow80 - base) / 80 <= 1.25, (base, slow80)
-    assert 1.7 <= slow80 / slow40 <= 2.1
+    assert 0.95 <= (slow40 - base) / 40 <= 1.4, (base, slow40)
+    assert 0.95 <= (slow80 - base) / 80 <= 1.3, (base, slow80)
+    assert 1.6 <= slow80 / slow40 <= 2.1
 
 
 def test_latency_distributions_have_the_stated_centre():
@@ -159,7 +159,7 @@ async def test_hang_never_answers_and_the_caller_times_out(leakcheck):
             await topo.call("dep", "GET", "/a/1", timeout=0.1)
         elapsed = time.perf_counter() - t0
         assert e.value.kind == "timeout"
-        assert 0.1 <= elapsed < 0.3
+        assert 0.1 <= elapsed < 0.4
         await asyncio.sleep(0.05)
         assert svc.in_flight == 0, "the hung handler outlived its caller"
         # without a timeout it really does hang

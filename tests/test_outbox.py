@@ -87,7 +87,8 @@ async def test_relay_publishes_in_order_and_marks_rows_published():
     assert no_tasks_left()
 
 
-async def test_relay_crash_between_publish_and_mark_publishes_twice_and_the_consumer_absorbs_it(leakcheck):
+async def test_relay_crash_after_publish_before_mark_duplicates_and_consumer_absorbs_it(
+        leakcheck):
     bus = EventBus()
     bus.create_topic("orders", partitions=2)
     async with Workspace() as ws:

@@ -210,8 +210,7 @@ async def drive(ws, participants, sagas, *, seed, max_attempts, rng, p_tick_stop
                                     sleep=no_sleep) as orch:
             if round_ == 0:
                 for saga_id, ctx in sagas.items():
-                    await orch.create("order", ctx, saga_id=saga_id)
-                    orch._spawn(saga_id)
+                    await orch.start("order", ctx, saga_id=saga_id)
             waiters = [asyncio.create_task(orch.wait_all()),
                        asyncio.create_task(participants.stopped.wait())]
             if rng.random() < p_tick_stop:           # also stop at an arbitrary instant
@@ -535,8 +534,11 @@ async def test_start_is_idempotent_on_the_saga_id_and_a_timeout_is_a_failure():
             assert await orch.start("s", saga_id="x") == "x"
             assert await orch.start("s", saga_id="x") == "x"
             assert await orch.wait("x") == COMPENSATED
-        assert calls == ["x:a:do"]
-        assert len(await orch.sagas()) == 1
+            assert await orch.start("s") == "s-2"
+            await orch.start("s", saga_id="s-4")
+            assert await orch.start("s") == "s-5"        # generated ids skip taken ones
+        assert calls[0] == "x:a:do"
+        assert len(await orch.sagas()) == 4
 
 
 async def test_leaving_the_block_on_error_cancels_every_saga(leakcheck):

@@ -270,7 +270,7 @@ async def test_max_concurrency_wait_queues_requests(leakcheck):
 
 
 async def test_unbounded_service_serves_concurrently(leakcheck):
-    delay, n = 0.04, 5
+    delay, n = 0.05, 6
     svc = _counting_service("free", delay)
     async with Topology(svc) as topo:
         t0 = time.perf_counter()

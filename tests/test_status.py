@@ -122,3 +122,35 @@ async def test_bad_input_is_rejected_with_the_parameter_named():
             await statuses.set("r2", "in_progress")
         with pytest.raises(UnknownRequest, match="request_id"):
             await statuses.get("r2")
+
+
+async def test_a_saga_drives_the_status_a_client_polls():
+    from toylib.saga import SagaDefinition, SagaOrchestrator, Step
+    from toylib.status import FROM_SAGA
+
+    async def ok(ctx, key):
+        pass
+
+    async def declined(ctx, key):
+        raise RuntimeError("card declined")
+
+    async with Workspace() as ws:
+        db, statuses = await store(ws)
+        polls = []
+
+        async def on_status(saga_id, status):
+            if FROM_SAGA.get(status):              # "compensating" is not shown to clients
+                await statuses.set(saga_id, FROM_SAGA[status])
+            polls.append((await statuses.get(saga_id))["status"])
+
+        definitions = [SagaDefinition("good", [Step("a", ok, ok), Step("pay", ok, pivot=True)]),
+                       SagaDefinition("bad", [Step("a", ok, ok),
+                                              Step("pay", declined, pivot=True)])]
+        async with SagaOrchestrator(db, definitions, on_status=on_status) as orch:
+            for name in ("good", "bad"):
+                await statuses.accept(name)        # the id the client got with its 202
+                await orch.start(name, saga_id=name)
+                await orch.wait(name)
+        assert polls == ["in_progress", "completed",
+                         "in_progress", "in_progress", "compensated"]
+        assert (await statuses.get("bad"))["terminal"]

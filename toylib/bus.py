@@ -18,10 +18,16 @@
 
 Handler failure policy (``commit="after"``): if the handler raises, the events of the batch
 that succeeded are committed, the failed one is not, and the consumer pauses ``retry_delay``
-seconds and tries it again, forever. Later events of that partition wait behind it (order is
-kept), which is exactly how a downstream outage turns into lag that drains once the dependency
-is back. With ``commit="before"`` a failed event is already committed, so it is lost (counted
-in ``stats["lost"]``).
+seconds and tries it again, forever. Everything behind it waits (the later events of that
+partition, to keep their order, and the consumer's other partitions, as in a simple poll loop):
+that is how a downstream outage turns into lag that drains once the dependency is back. With
+``commit="before"`` a failed event is already committed, so it is lost (``stats["lost"]``).
+
+Usage::
+
+    bus = EventBus(); bus.create_topic("orders", partitions=4)
+    async with bus.lag_monitor(), bus.consumer_group("orders", "billing", handle) as g:
+        await bus.publish("orders", key="order-7", value={"total": 30}); await g.wait_caught_up()
 
 What the toy leaves out: brokers, replication and acks; session timeouts (a crashed consumer's
 partitions move at once, Kafka waits ``session.timeout.ms``); generation fencing of zombie
@@ -34,7 +40,6 @@ import asyncio
 import inspect
 import itertools
 import time
-import uuid
 import zlib
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -107,14 +112,16 @@ class EventBus:
                       event_id: str | None = None) -> Event:
         """Append an event to its key's partition and wake that topic's consumers.
 
-        Pass ``event_id`` to republish the *same* event (an outbox relay retrying): it gets a
-        new offset but keeps its id, so idempotent consumers can drop it.
+        The id defaults to ``<topic>-<partition>-<offset>`` (deterministic). Pass
+        ``event_id`` to republish the *same* event (an outbox relay retrying): it gets a new
+        offset but keeps its id, so idempotent consumers can drop it.
         """
         log = self._log(topic)
         p = partition_for(key, len(log))
         if event_id is not None and (not isinstance(event_id, str) or not event_id):
             raise ValueError(f"event_id must be a non-empty string or None; got {event_id!r}")
-        event = Event(topic, p, len(log[p]), key, value, event_id or uuid.uuid4().hex,
+        offset = len(log[p])
+        event = Event(topic, p, offset, key, value, event_id or f"{topic}-{p}-{offset}",
                       self.clock() - self.t0)
         log[p].append(event)
         for (_, t), group in self._groups.items():

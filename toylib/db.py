@@ -126,9 +126,14 @@ class Database:
         try:
             return await self._run(fn, self._conn, *args)
         except sqlite3.OperationalError as e:
-            if "locked" in str(e) or "busy" in str(e):
-                self.stats["locked"] += 1
+            self._count_locked(e)
             raise
+
+    def _count_locked(self, error: BaseException) -> None:
+        """Count "database is locked": the contention a shared database measures."""
+        if isinstance(error, sqlite3.OperationalError) and \
+                ("locked" in str(error) or "busy" in str(error)):
+            self.stats["locked"] += 1
 
     async def execute(self, sql: str, params=()) -> int:
         """Run one statement; return the number of rows it changed."""
@@ -191,18 +196,19 @@ class Database:
                 # Also when BEGIN itself was cancelled: it still runs on the worker thread,
                 # so the rollback is queued behind it rather than skipped.
                 self._tx_task = None
-                await _to_completion(self._run(_rollback_if_open, self._conn))
-                self.stats["rollbacks"] += 1
+                if await _to_completion(self._run(_rollback_if_open, self._conn)):
+                    self.stats["rollbacks"] += 1
                 raise
             self._tx_task = None
             try:
                 await _to_completion(self._run(lambda c: c.execute("COMMIT"), self._conn))
                 self.stats["commits"] += 1
-            except BaseException:
+            except BaseException as e:
                 # COMMIT can fail with "database is locked" (readers in rollback-journal mode);
                 # never leave the connection inside a half-finished transaction.
-                await _to_completion(self._run(_rollback_if_open, self._conn))
-                self.stats["rollbacks"] += 1
+                self._count_locked(e)
+                if await _to_completion(self._run(_rollback_if_open, self._conn)):
+                    self.stats["rollbacks"] += 1
                 raise
 
     @asynccontextmanager
@@ -285,9 +291,11 @@ class Workspace:
         return sorted(p.name for p in self.path.glob("*.sqlite"))
 
 
-def _rollback_if_open(conn: sqlite3.Connection) -> None:
+def _rollback_if_open(conn: sqlite3.Connection) -> bool:
     if conn.in_transaction:
         conn.execute("ROLLBACK")
+        return True
+    return False
 
 
 async def _to_completion(coro):

@@ -9,7 +9,10 @@ and the Google SRE book, retries here are:
 * limited per request (``attempts``) *and* per process (:class:`RetryBudget`), so retries stay a
   bounded fraction of traffic however long the outage lasts;
 * only for idempotent calls, and never after an explicit :class:`Overloaded` answer: a server
-  that says "I am overloaded" is asking for less traffic, not more.
+  that says "I am overloaded" is asking for less traffic, not more;
+* never past the request's deadline (:func:`toylib.deadline.current`): when the time left
+  would not cover the backoff and one more attempt, the retry is not made (gRPC's rule: one
+  deadline covers all attempts).
 
 Retry at one layer only: three tries at each of five layers is 3**5 = 243 times the load.
 """
@@ -23,6 +26,7 @@ from itertools import islice
 from typing import Callable, Iterator
 
 from . import _validate as v
+from . import deadline as dl
 
 POLICIES = ("none", "full", "equal", "decorrelated")
 
@@ -151,7 +155,8 @@ class RetryStats:
     successes: int = 0
     failures: int = 0         # calls that ended in an exception
     last_attempts: int = 0    # attempts made by the most recent call
-    # reason -> count, reasons: limit, budget, overloaded, not_idempotent, not_retryable
+    # reason -> count, reasons: limit, budget, deadline, overloaded, not_idempotent,
+    # not_retryable
     gave_up: dict = field(default_factory=dict)
 
     def _give_up(self, reason: str) -> None:
@@ -170,11 +175,18 @@ def _why_not_retry(exc: Exception, retry_on: tuple, retryable, idempotent: bool)
     return None
 
 
+def _no_time_for(delay: float, min_attempt: float) -> bool:
+    """True when the inherited deadline cannot fit the backoff and one more attempt."""
+    deadline = dl.current()
+    return deadline is not None and deadline.remaining() - delay <= min_attempt
+
+
 def _check_retry(fn, attempts, policy, base, cap, budget, retry_on, retryable, idempotent,
-                 rng) -> tuple[int, tuple]:
+                 rng, min_attempt=0.0) -> tuple[int, tuple]:
     if not callable(fn):
         raise TypeError(f"fn must be callable; got {fn!r}")
     attempts = v.positive("attempts", attempts, integer=True)
+    v.non_negative("min_attempt", min_attempt)
     _check_backoff(policy, base, cap, rng)
     if isinstance(retry_on, type):
         retry_on = (retry_on,)
@@ -194,19 +206,22 @@ async def retry(fn, *, attempts: int = 3, policy: str = "full", base: float = 0.
                 cap: float = 10.0, budget: RetryBudget | None = None,
                 retry_on: tuple = (Exception,), retryable: Callable | None = None,
                 idempotent: bool = True, rng: random.Random | None = None,
-                sleep=asyncio.sleep, stats: RetryStats | None = None):
+                sleep=asyncio.sleep, stats: RetryStats | None = None,
+                min_attempt: float = 0.0):
     """Await ``fn()``, retrying failures with backoff; return its result.
 
     ``attempts`` is the per-request limit (the first try included). An exception is retried
     only if it is an instance of ``retry_on``, ``retryable(exc)`` (when given) is true, it is
-    not :class:`Overloaded`, the call is ``idempotent``, attempts remain and ``budget`` (when
-    given) has a token. Otherwise the last exception is raised. Cancellation is never retried.
+    not :class:`Overloaded`, the call is ``idempotent``, attempts remain, the inherited
+    deadline (:func:`toylib.deadline.current`, if any) leaves more than ``min_attempt`` seconds
+    after the backoff delay, and ``budget`` (when given) has a token. Otherwise the last
+    exception is raised. Cancellation is never retried.
     ``stats`` (a :class:`RetryStats`) receives the counters; ``sleep`` can be faked in tests.
     ``fn`` takes no arguments (use a lambda or functools.partial) so that its own parameters
     can never collide with these.
     """
     attempts, retry_on = _check_retry(fn, attempts, policy, base, cap, budget, retry_on,
-                                      retryable, idempotent, rng)
+                                      retryable, idempotent, rng, min_attempt)
     stats = stats if stats is not None else RetryStats()
     stats.calls += 1
     if budget is not None:
@@ -223,13 +238,17 @@ async def retry(fn, *, attempts: int = 3, policy: str = "full", base: float = 0.
             reason = _why_not_retry(exc, retry_on, retryable, idempotent)
             if reason is None and made >= attempts:
                 reason = "limit"
+            delay = next(delays) if reason is None else 0.0
+            # Checked before the budget, so that a retry the deadline forbids costs no token.
+            if reason is None and _no_time_for(delay, min_attempt):
+                reason = "deadline"
             if reason is None and budget is not None and not budget.try_spend():
                 reason = "budget"
             if reason is not None:
                 stats._give_up(reason)
                 raise
             stats.retries += 1
-            await sleep(next(delays))
+            await sleep(delay)
         else:
             stats.successes += 1
             return result

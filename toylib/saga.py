@@ -191,11 +191,14 @@ class SagaOrchestrator:
         return self
 
     async def __aenter__(self) -> SagaOrchestrator:
+        """Start: resume every unfinished saga of these definitions from the log."""
         await self.setup()
         self._running = True
+        names = list(self.definitions)
         for (saga_id,) in await self.db.fetchall(
-                "SELECT saga_id FROM sagas WHERE status IN (?, ?) ORDER BY created_at, saga_id",
-                (RUNNING, COMPENSATING)):
+                "SELECT saga_id FROM sagas WHERE status IN (?, ?) AND definition IN "
+                f"({', '.join('?' * len(names))}) ORDER BY created_at, saga_id",
+                (RUNNING, COMPENSATING, *names)):
             self._spawn(saga_id)
         return self
 
@@ -240,9 +243,13 @@ class SagaOrchestrator:
         v.optional(v.name, "saga_id", saga_id)
         await self.setup()
         async with self.db.transaction():
-            if saga_id is None:
+            if saga_id is None:                  # <definition>-<n>: readable and replayable
                 (n,) = await self.db.fetchone("SELECT COUNT(*) FROM sagas")
                 saga_id = f"{definition}-{n + 1}"
+                while await self.db.fetchone("SELECT 1 FROM sagas WHERE saga_id = ?",
+                                             (saga_id,)):
+                    n += 1
+                    saga_id = f"{definition}-{n + 1}"
             now = self.clock()
             inserted = await self.db.execute(
                 "INSERT OR IGNORE INTO sagas VALUES (?, ?, ?, 0, ?, ?, ?)",

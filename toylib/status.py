@@ -27,6 +27,10 @@ TRANSITIONS = {
     COMPLETED: set(), COMPENSATED: set(), FAILED: set(),
 }
 STATUSES = tuple(TRANSITIONS)
+
+# What a client sees of a toylib.saga status (for an orchestrator's ``on_status`` hook).
+FROM_SAGA = {"running": IN_PROGRESS, "completed": COMPLETED, "compensated": COMPENSATED,
+             "compensation_failed": FAILED, "stuck": FAILED}
 TERMINAL = frozenset(s for s, nxt in TRANSITIONS.items() if not nxt)
 
 SCHEMA = """
