@@ -22,7 +22,9 @@ from __future__ import annotations
 import argparse
 import functools
 import http.server
+import os
 import re
+import shutil
 import sys
 import threading
 import time
@@ -31,7 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-CHROMIUM = "/usr/bin/chromium"
+# The system browser (Debian: apt-get install chromium); $CHROMIUM overrides the search.
+CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 LOCAL_HOSTS = {"127.0.0.1", "localhost"}
@@ -189,6 +192,9 @@ def main(argv=None) -> int:
     # Imported late, so that --help works where playwright is not installed.
     from playwright.sync_api import Error as PlaywrightError, sync_playwright
 
+    if not CHROMIUM:
+        print("no chromium found: apt-get install chromium (or set $CHROMIUM)", file=sys.stderr)
+        return 2
     site = args.site.resolve()
     if not (site / "index.html").exists():
         print(f"no built site in {args.site}: run `make book` first", file=sys.stderr)
@@ -201,21 +207,22 @@ def main(argv=None) -> int:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             context = browser.new_context(viewport={"width": 1280, "height": 900})
+            external: list[str] = []  # requests of the page being checked that left the site
 
             def route(r):
-                host = urlsplit(r.request.url).hostname
-                if r.request.url.startswith(("http://", "https://")) and host not in LOCAL_HOSTS:
-                    _pending_external.append(r.request.url)
+                url = r.request.url
+                if url.startswith(("http://", "https://")) \
+                        and urlsplit(url).hostname not in LOCAL_HOSTS:
+                    external.append(url)
                     r.abort()
                 else:
                     r.continue_()
 
-            _pending_external: list[str] = []
             context.route("**/*", route)
             for path in pages:
-                _pending_external.clear()
+                external.clear()
                 rep = check_page(context, base, site, path, args.artifacts)
-                rep.external_requests = sorted(set(_pending_external))
+                rep.external_requests = sorted(set(external))
                 reports.append(rep)
                 print(f"checked {path}", file=sys.stderr, flush=True)
             context.close()

@@ -89,13 +89,13 @@ async def test_a_propagated_deadline_shortens_downstream_timeouts(leakcheck):
         await asyncio.sleep(0.05)
     # a's call to b (timeout=30 asked) gave up when the inherited deadline passed
     assert reply.status == 502 and "deadline" in reply.json()["error"]
-    assert budget <= elapsed < budget + 0.1, elapsed
+    assert budget <= elapsed < budget + 0.3, elapsed      # not the 1 s of the slow hop
     by_caller = {s.caller: s for s in topo.tracer.spans}
     assert by_caller["a"].status == "deadline"
-    assert by_caller["a"].end - by_caller["a"].start < budget + 0.05
+    assert by_caller["a"].end - by_caller["a"].start < budget + 0.1
     # each hop received less than its caller had
     assert budget * 1000 >= seen["a"]["header_ms"] > seen["b"]["header_ms"] \
-        > seen["c"]["header_ms"] > budget * 1000 - 50
+        > seen["c"]["header_ms"] > budget * 1000 - 150
 
 
 async def test_a_client_deadline_beats_a_longer_timeout(leakcheck):
@@ -108,7 +108,7 @@ async def test_a_client_deadline_beats_a_longer_timeout(leakcheck):
                 await topo.call("a", "GET", "/work", timeout=10)
         elapsed = time.perf_counter() - t0
     assert e.value.kind == "deadline"
-    assert budget <= elapsed < budget + 0.1, elapsed
+    assert budget <= elapsed < budget + 0.3, elapsed
 
 
 async def test_without_a_deadline_the_caller_waits_for_the_slow_hop(leakcheck):
@@ -148,7 +148,12 @@ async def test_a_caller_with_no_time_left_does_not_send(leakcheck):
 
 
 async def test_no_request_outlives_its_deadline_across_three_hops(leakcheck):
-    """c takes 1 s; the client allows 150 ms. Every call and every handler ends near 150 ms."""
+    """c takes 1 s; the client allows 150 ms. Every call and every handler ends by then + 50 ms.
+
+    On a loaded machine the event loop itself may wake the client late; that lateness (the
+    client's own, measured) is allowed on top, since no library can end work before the loop
+    runs it. On a quiet machine it is a millisecond or two.
+    """
     seen: dict = {}
     budget, margin = 0.15, 0.05
     async with chain(1000, seen) as topo:
@@ -156,18 +161,21 @@ async def test_no_request_outlives_its_deadline_across_three_hops(leakcheck):
         with dl.scope(Deadline.after(budget)):
             with pytest.raises(CallError) as e:
                 await topo.call("a", "GET", "/work")   # no explicit timeout at all
+        gave_up = time.perf_counter()
         assert e.value.kind == "deadline"
+        assert budget <= gave_up - t0 < budget + 0.3   # cut short: nowhere near 1 s
         await asyncio.sleep(budget + margin)          # give stragglers the chance to show
         for name in "abc":
             svc = topo.service(name)
             assert svc.in_flight == 0, f"{name} still working after the deadline"
         spans = topo.tracer.spans
+    limit = max(t0 + budget, gave_up) + margin
     assert len(spans) == 3
     for s in spans:
         assert s.status in ("deadline", 502, 504, "cancelled", "reset"), s
-        assert s.end - t0 <= budget + margin, f"{s.caller}->{s.callee} ended late"
+        assert s.end <= limit, f"{s.caller}->{s.callee} ended {s.end - t0:.3f}s after the start"
     for name in "abc":
-        assert seen[name]["ended"] - t0 <= budget + margin, f"{name}'s handler ended late"
+        assert seen[name]["ended"] <= limit, f"{name}'s handler ended late"
 
 
 async def test_a_deadline_is_not_cut_short_when_there_is_time(leakcheck):

@@ -462,7 +462,8 @@ class Topology:
             return Reply(status, resp_body, resp_headers)
         if status >= 400:
             overloaded = resp_headers.get("X-Toy-Overloaded") == "1"
-            raise CallError(caller, target, path, "overloaded" if overloaded else "http", status)
+            raise CallError(caller, target, path, "overloaded" if overloaded else "http", status,
+                            _error_detail(resp_body))
         return jsonlib.loads(resp_body) if resp_body else None
 
     def _record(self, trace_id, span_id, parent, caller, callee, method, route, path, start,
@@ -476,6 +477,14 @@ class Topology:
         """A Mermaid flowchart of this topology in the four planes; see toylib.diagrams."""
         from .diagrams import flowchart
         return flowchart(self, **kwargs)
+
+
+def _error_detail(body: bytes) -> str:
+    """The ``error`` field of a toy service's error answer, so the cause travels upstream."""
+    try:
+        return str(jsonlib.loads(body).get("error", ""))[:300]
+    except (ValueError, AttributeError):
+        return ""
 
 
 def _wire_bytes(r: aiohttp.ClientResponse, req_body: bytes, resp_body: bytes) -> int:

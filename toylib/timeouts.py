@@ -53,6 +53,7 @@ class Knobs:
     budget_ratio: float | None = 0.3   # after: retries per request allowed (None: no budget)
     budget_burst: float = 5.0      # after: retries a quiet process may save up
     deadline_ms: float | None = 500.0  # after: the edge's budget per request (None: none)
+    reply_ms: float = 5.0          # after: time kept back from the deadline to send the answer
     seed: int = 0
 
     def __post_init__(self):
@@ -69,6 +70,7 @@ class Knobs:
         v.optional(v.probability, "budget_ratio", self.budget_ratio)
         v.number("budget_burst", self.budget_burst, low=1)
         v.optional(v.positive, "deadline_ms", self.deadline_ms)
+        v.number("reply_ms", self.reply_ms, low=0, high=10_000)
         v.number("seed", self.seed, integer=True)
 
 
@@ -153,9 +155,13 @@ def guarded_api(k: Knobs, stats: RetryStats, budget: RetryBudget | None) -> Serv
     timeout = k.timeout_ms / 1000
 
     def edge_deadline():
-        # The edge starts the clock; a tighter deadline sent by the caller wins (dl.scope).
-        return dl.scope(dl.Deadline.after(k.deadline_ms / 1000)) if k.deadline_ms \
-            else nullcontext()
+        # The edge starts the clock unless the caller sent a tighter deadline; the calls made
+        # for this request get what is left minus reply_ms, the time it takes to answer.
+        own = dl.Deadline.after(k.deadline_ms / 1000) if k.deadline_ms else None
+        inherited = dl.current()
+        at = min((d.at for d in (own, inherited) if d is not None), default=None)
+        return (dl.scope(dl.Deadline(at - k.reply_ms / 1000)) if at is not None
+                else nullcontext())
 
     @api.get(HEALTHY + "/{id}")
     async def product(request):
@@ -194,7 +200,11 @@ def after(k: Knobs | None = None) -> Topology:
 
 
 # -- experiment 1: the pool fills, the healthy endpoint starves ----------------------------------
-async def _sample_pool(svc: Service, every: float, rows: list, t0: float) -> None:
+async def sample_busy(svc: Service, every: float, rows: list, t0: float) -> None:
+    """Append ``{t_s, busy}`` (the service's busy workers) to ``rows`` every ``every`` seconds.
+
+    Run it with ``topo.spawn`` so that it ends with the topology at the latest.
+    """
     while True:
         rows.append({"t_s": now() - t0, "busy": svc.in_flight})
         await asyncio.sleep(every)
@@ -215,7 +225,7 @@ async def mixed_load(topo: Topology, *, rate: float = 60.0, seconds: float = 2.5
     v.positive("sample_every", sample_every)
     n = max(1, round(rate * seconds))
     samples: list = []
-    sampler = topo.spawn(_sample_pool(topo.service("api"), sample_every, samples, now()))
+    sampler = topo.spawn(sample_busy(topo.service("api"), sample_every, samples, now()))
 
     async def one(i):
         endpoint = HEALTHY if i % 2 == 0 else HUNG
@@ -461,8 +471,8 @@ def recovering_dependency(*, capacity: int = 5, service_ms: float = 40.0) -> Ser
     return dep
 
 
-async def shared_recovery(policy: str, *, clients: int = 30, capacity: int = 5,
-                          service_ms: float = 40.0, down_s: float = 0.25, base_ms: float = 20.0,
+async def shared_recovery(policy: str, *, clients: int = 40, capacity: int = 5,
+                          service_ms: float = 30.0, down_s: float = 0.1, base_ms: float = 20.0,
                           cap_ms: float = 250.0, attempts: int = 15, seed: int = 0,
                           max_seconds: float = 10.0) -> dict:
     """``clients`` clients call a dependency that is down for ``down_s`` and then serves
@@ -476,7 +486,6 @@ async def shared_recovery(policy: str, *, clients: int = 30, capacity: int = 5,
     v.positive("clients", clients, integer=True)
     v.non_negative("down_s", down_s)
     dep = recovering_dependency(capacity=capacity, service_ms=service_ms)
-    stats = RetryStats()
     finished: list[dict] = []
     async with Topology(dep, name="shared recovery", seed=seed) as topo:
         if down_s:
@@ -495,7 +504,6 @@ async def shared_recovery(policy: str, *, clients: int = 30, capacity: int = 5,
                 ok = False
             finished.append({"client": i, "attempts": local.attempts, "t_s": now() - t0,
                              "ok": ok})
-            stats.attempts += local.attempts
             if not ok:
                 raise CallError("client", "dep", "/work", "http", 503, "gave up")
 
@@ -513,8 +521,8 @@ async def shared_recovery(policy: str, *, clients: int = 30, capacity: int = 5,
             "arrivals": arrivals, "done": done}
 
 
-def lockstep_model(*, clients: int = 30, capacity: int = 5, service_ms: float = 40.0,
-                   down_s: float = 0.25, base_ms: float = 20.0, cap_ms: float = 250.0,
+def lockstep_model(*, clients: int = 40, capacity: int = 5, service_ms: float = 30.0,
+                   down_s: float = 0.1, base_ms: float = 20.0, cap_ms: float = 250.0,
                    attempts: int = 15) -> dict:
     """No jitter, idealised: every client's attempts fall on the same instants.
 
@@ -534,8 +542,8 @@ def lockstep_model(*, clients: int = 30, capacity: int = 5, service_ms: float = 
     return {"calls": calls, "drain_s": drain, "gave_up": left}
 
 
-def spread_bound(*, clients: int = 30, capacity: int = 5, service_ms: float = 40.0,
-                 down_s: float = 0.25) -> float:
+def spread_bound(*, clients: int = 40, capacity: int = 5, service_ms: float = 30.0,
+                 down_s: float = 0.1) -> float:
     """The earliest every client could be served: perfectly spread after the recovery."""
     return down_s + math.ceil(clients / capacity) * service_ms / 1000
 
