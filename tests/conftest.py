@@ -94,15 +94,19 @@ def _decode_addr(hex_addr: str, v6: bool) -> tuple[str, int]:
     return socket.inet_ntop(socket.AF_INET, raw[::-1]), int(port, 16)
 
 
-def listening_sockets() -> list[tuple[str, int]]:
+PROC_TABLES = (("/proc/net/tcp", False), ("/proc/net/tcp6", True))
+
+
+def listening_sockets(tables=PROC_TABLES, inodes=None) -> list[tuple[str, int]]:
     """(address, port) of every TCP socket *of this process* in the LISTEN state.
 
     Read from /proc/net/tcp and /proc/net/tcp6 and kept only if the socket's inode is one of
     this process's open file descriptors (those tables list the whole network namespace).
+    ``tables`` and ``inodes`` can be replaced to test the parser itself.
     """
-    mine = _socket_inodes()
+    mine = _socket_inodes() if inodes is None else set(inodes)
     found = []
-    for table, v6 in (("/proc/net/tcp", False), ("/proc/net/tcp6", True)):
+    for table, v6 in tables:
         try:
             with open(table) as f:
                 rows = f.read().splitlines()[1:]
