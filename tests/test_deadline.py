@@ -133,6 +133,16 @@ async def test_an_expired_deadline_is_answered_504_without_running_the_handler(l
         assert seen["c"]["ran"]
 
 
+@pytest.mark.parametrize("headers", [{HEADER: "soon"}, {HEADER: "-3"},
+                                     {"X-Toy-Trace": "t9", "X-Toy-Parent": "x"}])
+async def test_a_malformed_header_is_a_400_not_a_traceback(headers, capfd, leakcheck):
+    seen: dict = {}
+    async with chain(0, seen) as topo:
+        reply = await topo.call("c", "GET", "/work", headers=headers, raw=True)
+    assert reply.status == 400 and "c" not in seen
+    assert "Traceback" not in capfd.readouterr().err
+
+
 async def test_a_caller_with_no_time_left_does_not_send(leakcheck):
     clock = FakeClock()
     seen: dict = {}

@@ -144,28 +144,27 @@ async def test_every_server_binds_loopback_only_on_distinct_ephemeral_ports(leak
     assert not set(ports) & {p for _, p in listening_sockets()}
 
 
-TCP_HEADER = ("  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt"
-              "   uid  timeout inode\n")
-
-
-REST = "00000000:00000000 00:00000000 00000000     0        0"   # queues, timers, uid, timeout
+def proc_row(local: str, state: str, inode: int) -> str:
+    """One row of /proc/net/tcp{,6}: the fields the parser reads are local, state and inode."""
+    remote = "0" * (len(local) - 5) + ":0000"
+    return (f"   0: {local} {remote} {state} 00000000:00000000 00:00000000 00000000"
+            f"     0        0 {inode} 1 0000000000000000 100 0 0 10 0\n")
 
 
 def test_listening_socket_parser_sees_wildcard_sockets(tmp_path):
     """The /proc parser can catch what the test above forbids (fed a synthetic table, so no
     wildcard socket is ever opened)."""
+    header = "  sl  local_address rem_address   st tx_queue rx_queue ... inode\n"
     v4 = tmp_path / "tcp"
-    v4.write_text(TCP_HEADER +
-                  "   0: 0100007F:1F90 00000000:0000 0A " + REST + "111 1\n"    # 127.0.0.1:8080
-                  "   1: 00000000:1F91 00000000:0000 0A " + REST + "222 1\n"    # 0.0.0.0:8081
-                  "   2: 00000000:1F92 00000000:0000 01 " + REST + "333 1\n"    # established
-                  "   3: 00000000:1F93 00000000:0000 0A " + REST + "444 1\n")   # not ours
+    v4.write_text(header
+                  + proc_row("0100007F:1F90", "0A", 111)     # 127.0.0.1:8080, listening
+                  + proc_row("00000000:1F91", "0A", 222)     # 0.0.0.0:8081, listening
+                  + proc_row("00000000:1F92", "01", 333)     # established, not listening
+                  + proc_row("00000000:1F93", "0A", 444))    # another process's socket
     v6 = tmp_path / "tcp6"
-    v6.write_text(TCP_HEADER +
-                  "   0: 00000000000000000000000000000000:1F94 "
-                  "00000000000000000000000000000000:0000 0A " + REST + "555 1\n"   # [::]:8084
-                  "   1: 00000000000000000000000001000000:1F95 "
-                  "00000000000000000000000000000000:0000 0A " + REST + "666 1\n")  # [::1]:8085
+    v6.write_text(header
+                  + proc_row("0" * 32 + ":1F94", "0A", 555)                  # [::]:8084
+                  + proc_row("0" * 24 + "01000000:1F95", "0A", 666))         # [::1]:8085
     got = listening_sockets(((str(v4), False), (str(v6), True)),
                             inodes={"111", "222", "333", "555", "666"})
     assert got == [("127.0.0.1", 8080), ("0.0.0.0", 8081), ("::", 8084), ("::1", 8085)]

@@ -1,4 +1,4 @@
-"""The control panel: validated construction, rerun with knob values, errors shown, no double run."""
+"""The control panel: validated construction, rerun with knob values, errors shown, one run."""
 from __future__ import annotations
 
 import asyncio
@@ -120,7 +120,7 @@ async def test_rerun_calls_run_with_the_knob_values_and_shows_its_figure(shown):
 
 async def test_a_bad_knob_value_is_reported_in_the_status_not_raised(shown):
     async def run(n_posts, p):
-        k = chatty.Knobs(n_posts=n_posts, p=p)   # validates and names the bad parameter
+        chatty.Knobs(n_posts=n_posts, p=p)   # validates and names the bad parameter
         return None
 
     pn = panel(run, n_posts=W.IntText(value=5), p=W.FloatText(value=1.5))
@@ -138,6 +138,27 @@ async def test_a_bad_knob_value_is_reported_in_the_status_not_raised(shown):
     pn.controls["n_posts"].value = 3
     await pn.rerun()
     assert pn.status.value == ""
+
+
+async def test_error_text_is_escaped_not_taken_for_html(shown):
+    from toylib import Latency
+
+    async def run(jitter_ms):
+        Latency(10, jitter_ms)           # "jitter_ms must be <= ms (10) ..."
+        return None
+
+    pn = panel(run, jitter_ms=W.FloatText(value=20.0))
+    shown(pn)
+    await pn.rerun()
+    assert "jitter_ms must be &lt;= ms" in pn.status.value
+
+    async def run2(n):
+        raise LookupError(f"no handler for {run2}")   # "<function ...>" would vanish as a tag
+
+    pn = panel(run2, n=W.IntSlider())
+    shown(pn)
+    await pn.rerun()
+    assert "&lt;function" in pn.status.value and "<function" not in pn.status.value
 
 
 async def test_other_errors_are_reported_with_their_type(shown):

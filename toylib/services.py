@@ -209,9 +209,14 @@ class Service(Node):
             raise asyncio.CancelledError
         trace_id = request.headers.get(tr.TRACE_HEADER)
         parent = request.headers.get(tr.PARENT_HEADER)
-        token = tr.current.set((trace_id, int(parent)) if trace_id and parent else None)
-        deadline = (dl.Deadline.from_header(request.headers[dl.HEADER])
-                    if dl.HEADER in request.headers else None)
+        try:   # a malformed header is the caller's error (400), not a traceback on stderr
+            ctx = (trace_id, int(parent)) if trace_id and parent else None
+            deadline = (dl.Deadline.from_header(request.headers[dl.HEADER])
+                        if dl.HEADER in request.headers else None)
+        except (TypeError, ValueError) as e:
+            return self._answer(web.json_response({"error": f"bad header: {e}"}, status=400),
+                                route)
+        token = tr.current.set(ctx)
         try:
             with dl.scope(deadline):
                 if deadline is not None and deadline.expired():

@@ -9,6 +9,7 @@ ignored (the button is disabled), so one experiment never competes with another 
 from __future__ import annotations
 
 import asyncio
+import html
 import inspect
 
 import ipywidgets as W
@@ -65,9 +66,10 @@ class Panel:
                         display(item)
             self.status.value = ""
         except (ValueError, TypeError) as e:   # bad knob values: say which and why
-            self.status.value = f"<span style='color:#b91c1c'>⚠ {e}</span>"
+            self.status.value = f"<span style='color:#b91c1c'>⚠ {html.escape(str(e))}</span>"
         except Exception as e:
-            self.status.value = f"<span style='color:#b91c1c'>⚠ {type(e).__name__}: {e}</span>"
+            self.status.value = (f"<span style='color:#b91c1c'>⚠ {type(e).__name__}: "
+                                 f"{html.escape(str(e))}</span>")
         finally:
             self.button.disabled = False
 
