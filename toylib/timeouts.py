@@ -243,6 +243,26 @@ async def mixed_load(topo: Topology, *, rate: float = 60.0, seconds: float = 2.5
     return res, pd.DataFrame(samples)
 
 
+def hang_schedule(k: Knobs, n: int) -> list[int]:
+    """Which of the first ``n`` requests of :func:`mixed_load` the recommender will hang.
+
+    Faults are seeded by trace id, not by arrival order, so this is known before the run:
+    the same rules, asked about the same trace ids, give the same answers.
+    """
+    v.non_negative("n", n, integer=True)
+    recs = recommender(k)
+    recs.faults.reseed(k.seed)
+    return [i for i in range(1, n, 2)
+            if recs.faults.decide("/recs/{id}", f"/recs/{i}", f"m{i}").hang]
+
+
+def fill_time(k: Knobs, *, rate: float, seconds: float) -> float | None:
+    """When, without timeouts, the pool is full of hung calls: the arrival of the pool-th hang."""
+    v.positive("rate", rate)
+    hangs = hang_schedule(k, max(1, round(rate * seconds)))
+    return hangs[k.pool - 1] / rate if len(hangs) >= k.pool else None
+
+
 def starvation_summary(res) -> pd.DataFrame:
     """Per endpoint: requests, answered, hung, success, goodput, p50 and worst latency."""
     rows = {}
@@ -474,9 +494,13 @@ def recovering_dependency(*, capacity: int = 5, service_ms: float = 40.0) -> Ser
 async def shared_recovery(policy: str, *, clients: int = 40, capacity: int = 5,
                           service_ms: float = 30.0, down_s: float = 0.1, base_ms: float = 20.0,
                           cap_ms: float = 250.0, attempts: int = 15, seed: int = 0,
+                          budget_ratio: float | None = None,
                           max_seconds: float = 10.0) -> dict:
     """``clients`` clients call a dependency that is down for ``down_s`` and then serves
     ``capacity`` at a time; each retries with ``policy`` backoff. Counts every call.
+
+    With ``budget_ratio`` the clients share one :class:`RetryBudget` (burst 10), as the
+    requests of one calling process would.
 
     Returns a dict with ``calls`` (reaching the dependency), ``drain_s`` (when the last client
     succeeded), ``gave_up``, and the DataFrames ``arrivals`` (one row per call: t_s, status)
@@ -485,7 +509,10 @@ async def shared_recovery(policy: str, *, clients: int = 40, capacity: int = 5,
     v.one_of("policy", policy, POLICIES)
     v.positive("clients", clients, integer=True)
     v.non_negative("down_s", down_s)
+    v.optional(v.probability, "budget_ratio", budget_ratio)
+    v.positive("max_seconds", max_seconds)
     dep = recovering_dependency(capacity=capacity, service_ms=service_ms)
+    budget = RetryBudget(budget_ratio, burst=10) if budget_ratio is not None else None
     finished: list[dict] = []
     async with Topology(dep, name="shared recovery", seed=seed) as topo:
         if down_s:
@@ -498,7 +525,7 @@ async def shared_recovery(policy: str, *, clients: int = 40, capacity: int = 5,
             try:
                 await retry(lambda: topo.call("dep", "GET", "/work"), attempts=attempts,
                             policy=policy, base=base_ms / 1000, cap=cap_ms / 1000,
-                            retryable=transient, rng=rng, stats=local)
+                            budget=budget, retryable=transient, rng=rng, stats=local)
                 ok = True
             except CallError:
                 ok = False
