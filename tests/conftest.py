@@ -12,7 +12,10 @@ import gc
 import math
 import os
 import socket
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -158,3 +161,37 @@ def median(xs) -> float:
     s = sorted(xs)
     n = len(s)
     return s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2
+
+
+# -- the built book ---------------------------------------------------------------------------
+# One `jupyter-book build . -W -n --keep-going` per test session (as `make book` runs it), shared
+# by tests/test_book.py (which reads its output for warnings) and tests/test_site.py (which
+# opens the pages in a browser). Notebooks come from the jupyter-cache when their code has not
+# changed, so on a warm cache the build takes seconds.
+BOOK_ROOT = Path(__file__).resolve().parent.parent
+BOOK_HTML = BOOK_ROOT / "_build" / "html"
+BOOK_VENDOR = BOOK_ROOT / "build" / "vendor"
+BOOK_BUILD_TIMEOUT_S = 1800
+
+
+@pytest.fixture(scope="session")
+def book_build() -> subprocess.CompletedProcess:
+    """The finished build process (its return code and output), run once per session."""
+    if not (BOOK_VENDOR / "mermaid" / "mermaid.esm.min.mjs").exists():
+        pytest.fail("build/vendor is missing: run `make vendor` (or `make test`) first")
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "jupyter-book"), "build", ".", "-W", "-n",
+         "--keep-going"],
+        cwd=BOOK_ROOT, capture_output=True, text=True, timeout=BOOK_BUILD_TIMEOUT_S,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+@pytest.fixture(scope="session")
+def built_site(book_build) -> Path:
+    """``_build/html`` of a build that succeeded (fails the test if the build did not)."""
+    out = book_build.stdout + book_build.stderr
+    assert book_build.returncode == 0, (
+        f"the book did not build (jupyter-book exited {book_build.returncode}):\n{out[-6000:]}")
+    assert (BOOK_HTML / "index.html").is_file(), "the build made no _build/html/index.html"
+    return BOOK_HTML

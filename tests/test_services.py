@@ -358,3 +358,25 @@ async def test_a_failing_dependency_gives_502_without_a_traceback(capfd, caplog,
     assert "Traceback" not in err and "Traceback" not in out
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], \
         [r.getMessage() for r in caplog.records]
+
+
+async def test_gather_or_cancel_cancels_the_others_on_first_failure():
+    import asyncio as _asyncio
+    from toylib.services import gather_or_cancel
+    cancelled = []
+
+    async def slow():
+        try:
+            await _asyncio.sleep(10)
+        except _asyncio.CancelledError:
+            cancelled.append(True)
+            raise
+
+    async def boom():
+        await _asyncio.sleep(0.01)
+        raise RuntimeError("backend failed")
+
+    with pytest.raises(RuntimeError, match="backend failed"):
+        await gather_or_cancel(slow(), boom(), slow())
+    assert cancelled == [True, True]
+    assert await gather_or_cancel(_asyncio.sleep(0, "a"), _asyncio.sleep(0, "b")) == ["a", "b"]

@@ -21,7 +21,7 @@ from . import _validate as v
 from .batcher import Batcher
 from .cache import TTLCache
 from .faults import Error, Latency
-from .services import Service, Store, Topology
+from .services import Service, Store, Topology, gather_or_cancel
 
 
 @dataclass(frozen=True)
@@ -144,7 +144,7 @@ def composite_service(k: Knobs) -> Service:
     @composite.get("/complete-profile/{id}")
     async def complete_profile(request):
         uid = int(request.match_info["id"])
-        user, posts, friends = await asyncio.gather(      # three calls, in parallel
+        user, posts, friends = await gather_or_cancel(     # three calls, in parallel
             composite.call("users", "GET", f"/users/{uid}"),
             composite.call("posts", "GET", "/posts/batch",
                            params={"user_id": uid, "limit": k.n_posts}),
@@ -205,7 +205,7 @@ def batching_gateway() -> Service:
         user = await user_loader.load(uid)
         # Written as loops over ids, as N+1 code is; the loaders turn each loop into one call,
         # and both batches leave in the same tick.
-        posts, friends = await asyncio.gather(
+        posts, friends = await gather_or_cancel(
             asyncio.gather(*(post_loader.load(p) for p in user["post_ids"])),
             asyncio.gather(*(user_loader.load(f) for f in user["friend_ids"])))
         return {"user": friend_summary(user), "bio": user["bio"], "posts": list(posts),

@@ -484,6 +484,22 @@ class Topology:
         return flowchart(self, **kwargs)
 
 
+async def gather_or_cancel(*aws):
+    """Like ``asyncio.gather``, but when one call fails the others are cancelled at once.
+
+    A composite that answers 502 because one backend failed should not leave the other calls
+    running (and holding connections) behind its back.
+    """
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    try:
+        return await asyncio.gather(*tasks)
+    except BaseException:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
 def _error_detail(body: bytes) -> str:
     """The ``error`` field of a toy service's error answer, so the cause travels upstream."""
     try:
