@@ -51,7 +51,7 @@ KEYS = 20                                             # distinct users and produ
 @dataclass(frozen=True)
 class Knobs:
     """The chapter's knobs, validated once. Times of the schedule in seconds, others in ms."""
-    pool: int = 16                 # workers of the order service
+    pool: int = 12                 # workers of the order service
     latency_ms: float = 20.0       # every dependency's normal latency
     outage_start: float = 1.0      # seconds after the run starts
     outage_end: float = 3.0
@@ -60,13 +60,13 @@ class Knobs:
     run_s: float = 4.5             # how long requests keep arriving
     patience_ms: float = 1000.0    # an answer later than this counts as a failure
     grace_s: float = 2.0           # after the last arrival, how long answers are waited for
-    call_timeout_ms: float = 250.0     # after: timeout of each call to a dependency
+    call_timeout_ms: float = 200.0     # after: timeout of each call to a dependency
     failure_threshold: float = 50.0    # after: % of failed calls in the window that opens
-    slow_call_ms: float = 200.0        # after: a call slower than this is "slow"
-    slow_threshold: float = 50.0       # after: % of slow calls in the window that opens
+    slow_call_ms: float = 150.0        # after: a call slower than this is "slow"
+    slow_threshold: float = 100.0      # after: % of slow calls in the window that opens
     window: int = 10                   # after: the breaker's sliding window, in calls
     minimum_calls: int = 5             # after: no verdict on fewer calls than this
-    wait_in_open: float = 0.5          # after: seconds open before trial calls
+    wait_in_open: float = 1.0          # after: seconds open before trial calls
     half_open_calls: int = 3           # after: trial calls in half-open
     rate_limit: float = 150.0          # after: requests per second admitted at the edge
     burst: float = 30.0                # after: short-term excess admitted at the edge
@@ -204,20 +204,30 @@ def protected_orders(k: Knobs, cbs: dict[str, CircuitBreaker], cache: FallbackCa
             await call("inventory", "POST", f"/reserve/{i % KEYS}")   # writes: no fallback
             paid = await call("payment", "POST", f"/pay/{i}")
         except (CallNotPermitted, CallError) as e:
-            # Fail fast and say so: the order was not taken, the worker is free at once.
-            why = "circuit open" if isinstance(e, CallNotPermitted) else e.kind
-            return web.json_response({"error": f"checkout unavailable ({why})"}, status=503)
+            return unavailable("checkout", e)
         return {"order": i, "user": user["name"], "paid": paid["paid"]}
 
     @orders.get("/stock/{sku}")
     async def stock(request):
-        return await read("inventory", f"/stock/{request.match_info['sku']}")
+        try:
+            return await read("inventory", f"/stock/{request.match_info['sku']}")
+        except (CallNotPermitted, CallError) as e:     # nothing cached for this product yet
+            return unavailable("stock", e)
 
     @orders.get("/profile/{id}")
     async def profile(request):
-        return await read("user", f"/users/{request.match_info['id']}")
+        try:
+            return await read("user", f"/users/{request.match_info['id']}")
+        except (CallNotPermitted, CallError) as e:
+            return unavailable("profile", e)
 
     return orders
+
+
+def unavailable(what: str, e: Exception) -> web.Response:
+    """Fail fast and say why: nothing was done, and the worker is free at once."""
+    why = "circuit open" if isinstance(e, CallNotPermitted) else e.kind
+    return web.json_response({"error": f"{what} unavailable ({why})"}, status=503)
 
 
 def edge_gateway(k: Knobs, limiter: RateLimiter) -> Service:
@@ -375,7 +385,7 @@ def _result(design, k, target, res, spans, tracer_t0, t0, topo, health, busy) ->
                   pd.DataFrame(busy, columns=["t_s", "busy"]), counts)
 
 
-# -- reading the results ----------------------------------------------------------------------------
+# -- reading the results ---------------------------------------------------------------------
 def during_outage(o: Outage, endpoints=UNAFFECTED) -> dict:
     """Success and latency of ``endpoints``' requests that arrived during the outage."""
     d = o.timeline[o.timeline["in_outage"] & o.timeline["endpoint"].isin(list(endpoints))]
@@ -462,3 +472,69 @@ class _ScriptClock:
 
     def __call__(self) -> float:
         return self.t
+
+
+# -- the picture -----------------------------------------------------------------------------
+STATE_LEVEL = {"closed": 0, "half_open": 1, "open": 2}
+
+
+def state_steps(o: Outage, breaker: str) -> tuple[list, list]:
+    """(times, levels) of a breaker's state over the run, for a step plot; closed = 0."""
+    ev = o.breaker_events
+    ev = ev[(ev["breaker"] == breaker) & (ev["kind"] == "state_transition")]
+    end = max([float(o.timeline["t_s"].max())] + list(ev["t_s"])) + 0.2
+    ts = [0.0] + list(ev["t_s"]) + [end]
+    levels = [0] + [STATE_LEVEL[s] for s in ev["state"]]
+    return ts, levels + levels[-1:]
+
+
+def timeline_figure(*outages: Outage, bin_s: float = 0.1):
+    """Success and latency of the unaffected endpoints, calls reaching the failing service,
+    and (for a design with breakers) the breakers' states, against the shaded outage."""
+    import matplotlib.pyplot as plt
+
+    from . import plots
+    if not outages:
+        raise ValueError("timeline_figure needs at least one Outage")
+    k = outages[0].knobs
+    with_breakers = [o for o in outages if not o.breaker_events.empty]
+    rows = 3 + bool(with_breakers)
+    fig, axes = plt.subplots(rows, 1, figsize=(9, 2.3 * rows), sharex=True, layout="constrained")
+    colors = {"before": plots.BEFORE, "after": plots.AFTER}
+    for o in outages:
+        c = colors.get(o.design, plots.PALETTE[2])
+        s = success_by_bin(o, UNAFFECTED, bin_s)
+        axes[0].step(s.index, s.values, where="post", color=c, label=o.design)
+        d = o.timeline[o.timeline["endpoint"].isin(list(UNAFFECTED))]
+        axes[1].scatter(d["t_s"], d["latency_ms"], s=6, color=c, label=o.design)
+        calls = o.target_calls.groupby((o.target_calls["t_s"] // bin_s) * bin_s).size()
+        last = max(k.run_s, float(o.target_calls["t_s"].max()) if len(o.target_calls) else 0)
+        calls = calls.reindex(np.round(np.arange(0, last + bin_s, bin_s), 6), fill_value=0)
+        axes[2].step(calls.index, calls.values, where="post", color=c, label=o.design)
+    axes[1].axhline(k.patience_ms, color=plots.IDEAL, ls="--", lw=1, label="users' patience")
+    axes[0].set_ylabel("success\n(/stock, /profile)")
+    axes[0].set_ylim(-0.05, 1.05)
+    axes[1].set_ylabel("latency (ms)\n(/stock, /profile)")
+    axes[1].set_yscale("log")
+    axes[2].set_ylabel(f"calls reaching\n{outages[0].target} per {bin_s:g} s")
+    for o in with_breakers:
+        for name in o.breaker_events["breaker"].unique():
+            ts, levels = state_steps(o, name)
+            axes[3].step(ts, levels, where="post", lw=2 if name == o.target else 1,
+                         alpha=1 if name == o.target else 0.5, label=f"{name} breaker")
+        for e in o.health_events.itertuples():
+            if e.target == o.target:
+                axes[3].axvline(e.t_s, color=plots.IDEAL, ls=":", lw=1)
+                axes[3].annotate(f"health: {'up' if e.healthy else 'down'}", (e.t_s, 1.5),
+                                 fontsize=7, rotation=90, ha="right", va="center")
+        axes[3].set_yticks(list(STATE_LEVEL.values()), list(STATE_LEVEL))
+        axes[3].set_ylabel(f"breaker state\n({o.design})")
+    for ax in axes:
+        ax.axvspan(k.outage_start, k.outage_end, color=plots.BEFORE, alpha=0.12,
+                   label=f"{outages[0].target} outage")
+        ax.legend(fontsize=7, loc="upper right")
+    axes[-1].set_xlabel("time since the run started (s); requests by arrival time")
+    axes[-1].set_xlim(left=0)
+    axes[0].set_title(f"An outage of {outages[0].target} from {k.outage_start:g} s to "
+                      f"{k.outage_end:g} s")
+    return fig

@@ -11,10 +11,11 @@
   only while the deadline leaves time for another attempt. A request that cannot be served in
   time gets a fast 504 instead of hanging.
 
-Three smaller experiments complete the chapter: how the false-timeout rate depends on the
-timeout (:func:`measure_latency`, :func:`false_timeout_rate`), retry amplification across
-layers (:func:`amplification`), and many clients retrying against a recovering dependency with
-and without jitter (:func:`shared_recovery`).
+Four smaller experiments complete the chapter: how the false-timeout rate depends on the
+timeout (:func:`measure_latency`, :func:`false_timeout_rate`), whether any request outlives its
+deadline (:func:`deadline_experiment`), retry amplification across layers
+(:func:`amplification`), and many clients retrying against a recovering dependency with and
+without jitter (:func:`shared_recovery`).
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import math
 import random
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
+from statistics import NormalDist
 
 import pandas as pd
 from aiohttp import web
@@ -32,7 +34,7 @@ from . import deadline as dl
 from . import load
 from .faults import Error, Hang, Latency
 from .retry import POLICIES, RetryBudget, RetryStats, retry
-from .services import CallError, Node, Service, Topology, now
+from .services import CallError, Node, Service, Store, Topology, now
 
 HEALTHY, HUNG = "/product", "/recommendations"     # the two endpoints of the product API
 
@@ -53,7 +55,7 @@ class Knobs:
     budget_ratio: float | None = 0.3   # after: retries per request allowed (None: no budget)
     budget_burst: float = 5.0      # after: retries a quiet process may save up
     deadline_ms: float | None = 500.0  # after: the edge's budget per request (None: none)
-    reply_ms: float = 5.0          # after: time kept back from the deadline to send the answer
+    reply_ms: float = 10.0         # after: time kept back from the deadline to send the answer
     seed: int = 0
 
     def __post_init__(self):
@@ -88,7 +90,7 @@ def transient(exc: BaseException) -> bool:
 
 
 # -- the services, identical in both designs ----------------------------------------------------
-def recommender(k: Knobs, *, hang_p: float | None = None) -> Service:
+def recommender(k: Knobs) -> Service:
     """Answers after a lognormal delay (median ``latency_ms``); hangs with probability hang_p."""
     recs = Service("recs", label="Recommender", uses=("recs_db",))
 
@@ -99,9 +101,8 @@ def recommender(k: Knobs, *, hang_p: float | None = None) -> Service:
 
     if k.latency_ms:
         recs.faults.add(Latency(k.latency_ms, k.sigma * k.latency_ms, "lognormal"))
-    p = k.hang_p if hang_p is None else hang_p
-    if p:
-        recs.faults.add(Hang(), toxicity=p)
+    if k.hang_p:
+        recs.faults.add(Hang(), toxicity=k.hang_p)
     return recs
 
 
@@ -118,7 +119,6 @@ def catalog(k: Knobs) -> Service:
 
 
 def _stores() -> list[Node]:
-    from .services import Store
     return [Node("clients", "edge", label="Clients", uses=("api",), shape="client"),
             Store("catalog_db", label="Catalog DB"), Store("recs_db", label="Recs DB")]
 
@@ -211,7 +211,7 @@ async def sample_busy(svc: Service, every: float, rows: list, t0: float) -> None
 
 
 async def mixed_load(topo: Topology, *, rate: float = 60.0, seconds: float = 2.5,
-                     grace: float = 0.5, sample_every: float = 0.02, label: str = ""):
+                     grace: float = 1.0, sample_every: float = 0.02, label: str = ""):
     """Open-loop load on the API, alternating the healthy and the hung endpoint.
 
     Requests arrive at ``rate`` per second for ``seconds``; after ``grace`` more seconds every
@@ -281,7 +281,7 @@ def starvation_summary(res) -> pd.DataFrame:
 
 # -- experiment 2: how long to wait? -------------------------------------------------------------
 async def measure_latency(k: Knobs | None = None, *, n: int = 1500, concurrency: int = 20):
-    """Latencies (ms) of ``n`` calls to a recommender that does not hang, as its caller sees them."""
+    """``n`` calls to a recommender that does not hang, timed as its caller sees them."""
     k = replace(k or Knobs(), hang_p=0.0)
     async with Topology(recommender(k), name="recs alone", seed=k.seed) as topo:
         res = await load.closed_loop(lambda i: topo.call("recs", "GET", f"/recs/{i}"),
@@ -311,12 +311,11 @@ def lognormal_survival(t_ms: float, median_ms: float, sigma: float) -> float:
 def lognormal_quantile(q: float, median_ms: float, sigma: float) -> float:
     """The latency below which a fraction ``q`` of calls finish (analytic)."""
     v.number("q", q, low=0, high=1, low_open=True, high_open=True)
-    from statistics import NormalDist
     return median_ms * math.exp(sigma * NormalDist().inv_cdf(q))
 
 
 def choose_timeout(latencies_ms, false_timeouts: float = 0.001) -> float:
-    """The timeout (ms) that ``false_timeouts`` of healthy calls would exceed: the p99.9 for 0.1 %."""
+    """The timeout (ms) that ``false_timeouts`` of healthy calls exceed: the p99.9 for 0.1 %."""
     v.number("false_timeouts", false_timeouts, low=0, high=1, low_open=True, high_open=True)
     lat = pd.Series(latencies_ms, dtype=float)
     if lat.empty:
@@ -326,7 +325,7 @@ def choose_timeout(latencies_ms, false_timeouts: float = 0.001) -> float:
 
 async def count_timeouts(k: Knobs, timeout_ms: float, *, n: int = 600,
                          concurrency: int = 20) -> float:
-    """Call a recommender that never hangs ``n`` times with ``timeout_ms``; the share that timed out."""
+    """``n`` calls with ``timeout_ms`` to a recommender that never hangs: the share timed out."""
     v.positive("timeout_ms", timeout_ms)
     k = replace(k, hang_p=0.0)
     async with Topology(recommender(k), name="recs alone", seed=k.seed + 1) as topo:
@@ -353,19 +352,16 @@ async def deadline_experiment(k: Knobs, *, deadline_ms: float, propagate: bool,
         raise TypeError(f"propagate must be True or False; got {propagate!r}")
     k = replace(k, deadline_ms=None)        # the API sets no edge deadline of its own here
     budget_s = deadline_ms / 1000
-    starts: dict[str, float] = {}
+    starts: dict[int, float] = {}
 
     async def one(i):
-        tid = f"d{i}"
-        starts[tid] = now()
-        scope = dl.scope(dl.Deadline.after(budget_s)) if propagate else nullcontext()
-        with scope:
+        starts[i] = now()
+        with dl.scope(dl.Deadline.after(budget_s)) if propagate else nullcontext():
             try:
-                await topo.call("api", "GET", f"{HUNG}/{i}", trace_id=tid)
-                return {"trace_id": tid, "outcome": "ok"}
+                await topo.call("api", "GET", f"{HUNG}/{i}", trace_id=f"d{i}")
+                return {"outcome": "ok"}
             except CallError as e:
-                outcome = f"HTTP {e.status}" if e.kind == "http" else e.kind
-                return {"trace_id": tid, "outcome": outcome}
+                return {"outcome": f"HTTP {e.status}" if e.kind == "http" else e.kind}
 
     async with after(k) as topo:
         res = await load.open_loop(one, rate=rate, n=n, max_seconds=n / rate + 5,
@@ -373,19 +369,17 @@ async def deadline_experiment(k: Knobs, *, deadline_ms: float, propagate: bool,
         await asyncio.sleep(0.05)       # let anything still running downstream show itself
         still_working = topo.service("api").in_flight + topo.service("recs").in_flight
     spans = topo.tracer.df()
-    spans = spans[spans["trace_id"].isin(list(starts))]
-    t0 = topo.tracer.t0
+    last_end = spans.groupby("trace_id")["end"].max()        # ms on the tracer's clock
     rows = []
-    for _, r in res.df.iterrows():
-        tid = r.get("trace_id")
-        if not isinstance(tid, str):
-            tid = f"d{int(r['i'])}"
-        start_ms = (starts[tid] - t0) * 1000 if tid in starts else math.nan
-        last_end = spans.loc[spans["trace_id"] == tid, "end"].max()
-        end_rel = max(float(last_end) - start_ms, r["end"] - r["start"])
-        rows.append({"trace_id": tid, "outcome": r.get("outcome", r["error"]),
-                     "elapsed_ms": r["end"] - r["start"], "last_end_ms": end_rel,
-                     "over_ms": end_rel - deadline_ms})
+    for r in res.df.itertuples():
+        i = int(r.i)
+        elapsed = r.end - r.start
+        start_ms = (starts[i] - topo.tracer.t0) * 1000
+        # The later of: the client's own end, and the end of the last call in its trace.
+        end_rel = max(elapsed, float(last_end.get(f"d{i}", -math.inf)) - start_ms)
+        outcome = r.outcome if isinstance(getattr(r, "outcome", None), str) else r.error
+        rows.append({"trace_id": f"d{i}", "outcome": outcome, "elapsed_ms": elapsed,
+                     "last_end_ms": end_rel, "over_ms": end_rel - deadline_ms})
     df = pd.DataFrame(rows)
     df.attrs["still_working_after"] = still_working
     df.attrs["recs_calls"] = int((spans["callee"] == "recs").sum())
@@ -577,7 +571,7 @@ def spread_bound(*, clients: int = 40, capacity: int = 5, service_ms: float = 30
 
 # -- a short run of everything, for the widget panel ---------------------------------------------
 async def compare(k: Knobs, *, rate: float = 60.0, seconds: float = 1.5) -> pd.DataFrame:
-    """The starvation experiment on both designs with these knobs; one row per design and endpoint."""
+    """The starvation experiment on both designs; one row per design and endpoint."""
     frames = []
     for name, build in (("before", before), ("after", after)):
         async with build(k) as topo:
