@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 HTML   := _build/html
 
 # `book/` is a folder, so every target is phony or `make book` would say "up to date".
-.PHONY: setup book test bench serve lab clean vendor
+.PHONY: setup book test test-fast bench serve lab clean vendor
 
 setup: $(STAMP) vendor
 
@@ -37,6 +37,11 @@ lab: setup
 
 test: setup
 	$(BIN)/python -m pytest
+
+# The quick loop while working on toylib: tests/ without the book build, the browser tests
+# and the notebooks (nbval); `make test` runs everything.
+test-fast: setup
+	$(BIN)/python -m pytest -m "not book and not browser" tests/
 
 bench: setup
 	$(BIN)/python scripts/bench.py

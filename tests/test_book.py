@@ -1,14 +1,14 @@
 """The book builds with no warning, and the built site loads nothing from a third-party host.
 
-One module-scoped fixture runs ``jupyter-book build . -W -n --keep-going`` in place (as
-``make book`` does; notebooks come from the jupyter-cache when their code has not changed);
-the tests after it only read ``_build/html``. The vendored assets (``make vendor``) must exist.
+The session fixture ``book_build`` (tests/conftest.py, shared with tests/test_site.py) runs
+``jupyter-book build . -W -n --keep-going`` in place once (as ``make book`` does; notebooks
+come from the jupyter-cache when their code has not changed); the tests here only read its
+output and ``_build/html``. The vendored assets (``make vendor``) must exist.
 """
 from __future__ import annotations
 
 import re
 import subprocess
-import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -19,9 +19,6 @@ pytestmark = pytest.mark.book
 
 ROOT = Path(__file__).resolve().parent.parent
 HTML = ROOT / "_build" / "html"
-VENDOR = ROOT / "build" / "vendor"
-JUPYTER_BOOK = Path(sys.executable).parent / "jupyter-book"
-BUILD_TIMEOUT_S = 1800
 LOCAL_HOSTS = {"127.0.0.1", "localhost"}
 
 # Output lines that say WARNING but are not about the book: ipykernel 7 prints this on every
@@ -43,14 +40,9 @@ SCRIPT_SRC = re.compile(r"<script\b[^>]*?\bsrc\s*=\s*[\"']([^\"'?]+)")
 
 
 @pytest.fixture(scope="module")
-def build() -> subprocess.CompletedProcess:
-    if not (VENDOR / "mermaid" / "mermaid.esm.min.mjs").exists():
-        pytest.fail("build/vendor is missing: run `make vendor` (or `make test`) first")
-    return subprocess.run(
-        [str(JUPYTER_BOOK), "build", ".", "-W", "-n", "--keep-going"],
-        cwd=ROOT, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S,
-        stdin=subprocess.DEVNULL,
-    )
+def build(book_build) -> subprocess.CompletedProcess:
+    # The one build of the session (tests/conftest.py), shared with tests/test_site.py.
+    return book_build
 
 
 @pytest.fixture(scope="module")

@@ -16,16 +16,29 @@ from toylib.widgets import Panel, panel  # noqa: E402
 
 
 class RecordingOutput:
-    """Stands in for ``W.Output`` (which needs a kernel): records what is displayed inside it."""
+    """Stands in for ``W.Output`` (which needs a kernel): records what the panel puts in it,
+    through ``outputs = ()`` (clearing) and ``append_display_data`` (adding), the way the
+    panel writes to it so that JupyterLab shows results displayed after an await."""
 
     def __init__(self):
-        self.outputs: list = []
+        self._items: list = []
         self.cleared = 0
         self.inside = False
 
-    def clear_output(self, wait=False):
+    @property
+    def outputs(self):
+        return self._items
+
+    @outputs.setter
+    def outputs(self, value):
         self.cleared += 1
-        self.outputs.clear()
+        self._items = list(value)
+
+    def append_display_data(self, obj):
+        self._items.append(obj)
+
+    def clear_output(self, wait=False):
+        self.outputs = ()
 
     def __enter__(self):
         self.inside = True

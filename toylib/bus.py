@@ -450,8 +450,11 @@ class ConsumerGroup:
     async def _pause(self, member: _Member) -> None:
         """Wait ``retry_delay`` before retrying; a stop or rebalance cuts the wait short."""
         member.wake.clear()
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation that
+        # arrives as the wait ends (CPython gh-86296), and crash() would then wait forever.
         try:
-            await asyncio.wait_for(member.wake.wait(), self.retry_delay)
+            async with asyncio.timeout(self.retry_delay):
+                await member.wake.wait()
         except TimeoutError:
             pass
 

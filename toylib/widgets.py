@@ -56,14 +56,15 @@ class Panel:
         self.status.value = "<i>running…</i>"
         try:
             result = await self.run(**self.values())
-            self.out.clear_output(wait=True)
-            with self.out:
-                for item in result if isinstance(result, tuple) else (result,):
-                    if isinstance(item, plt.Figure):
-                        display(item)
-                        plt.close(item)
-                    elif item is not None:
-                        display(item)
+            # Written into the Output widget directly: `with self.out: display(...)` after an
+            # await is dropped by JupyterLab (ipywidgets issues 2567, 3993), because the
+            # output is routed by the message that started the cell, long finished by now.
+            self.out.outputs = ()
+            for item in result if isinstance(result, tuple) else (result,):
+                if item is not None:
+                    self.out.append_display_data(item)
+                if isinstance(item, plt.Figure):
+                    plt.close(item)
             self.status.value = ""
         except (ValueError, TypeError) as e:   # bad knob values: say which and why
             self.status.value = f"<span style='color:#b91c1c'>⚠ {html.escape(str(e))}</span>"
