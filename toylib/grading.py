@@ -98,7 +98,10 @@ async def grade(lab: str, cases: list[Case], run_case, solution, *, only: str | 
         if only is not None and case.name != only:
             continue
         try:
-            await asyncio.wait_for(run_case(solution, case), timeout)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
+            # cancellation (a reader's interrupt) that arrives as the case ends (gh-86296).
+            async with asyncio.timeout(timeout):
+                await run_case(solution, case)
             outcomes.append(Outcome(case, True))
         except AssertionError as e:
             outcomes.append(Outcome(case, False, str(e) or "an assertion failed"))
