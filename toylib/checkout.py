@@ -32,7 +32,8 @@ from . import _validate as v
 from . import load, retry
 from . import trace as tr
 from .bus import EventBus
-from .db import Database, Workspace
+from .db import Database
+from .experiment import Experiment
 from .faults import Error, Latency
 from .outbox import IdempotentConsumer, Outbox
 from .saga import TERMINAL as SAGA_TERMINAL
@@ -204,8 +205,8 @@ class Participants:
 
 
 # -- both designs: a workspace, a topology, a scope -----------------------------------------------
-class _Design:
-    design = ""
+class _Design(Experiment):
+    prefix = "checkout"
 
     def __init__(self, k: Knobs | None = None):
         if k is not None and not isinstance(k, Knobs):
@@ -213,44 +214,15 @@ class _Design:
         self.k = k or Knobs()
         self.participants = Participants(self.k)
         self.db: Database | None = None
-        self.ws: Workspace | None = None
-        self.topology = Topology(*self._nodes(), name=f"checkout: {self.design}",
-                                 seed=self.k.seed)
-        self._stack: AsyncExitStack | None = None
+        super().__init__(Topology(*self._nodes(), name=f"checkout: {self.design}",
+                                  seed=self.k.seed))
 
     def _nodes(self) -> list[Node]:
         raise NotImplementedError
 
-    def diagram(self, **kwargs):
-        return self.topology.diagram(**kwargs)
-
-    async def __aenter__(self):
-        if self._stack is not None:
-            raise RuntimeError(f"the {self.design} design is already running")
-        stack = AsyncExitStack()
-        try:
-            self.ws = await stack.enter_async_context(
-                Workspace(prefix=f"checkout-{self.design}-", wal=True))
-            self.db = await self.ws.database("checkout")
-            await self.db.executescript(ORDERS)
-            await self._open()
-            await stack.enter_async_context(self.topology)
-            await self._start(stack)
-        except BaseException:
-            await stack.aclose()
-            raise
-        self._stack = stack
-        return self
-
-    async def __aexit__(self, *exc) -> None:
-        stack, self._stack = self._stack, None
-        await stack.aclose()
-
-    async def _open(self) -> None:
-        pass
-
-    async def _start(self, stack: AsyncExitStack) -> None:
-        pass
+    async def _on_workspace(self) -> None:
+        self.db = await self.ws.database("checkout")
+        await self.db.executescript(ORDERS)
 
     async def place(self, i: int, *, trace_id: str | None = None) -> dict:
         """Send checkout ``i`` (see :func:`request_for`); the checkout's answer."""

@@ -29,7 +29,8 @@ from aiohttp import web
 from . import _validate as v
 from . import load
 from .bus import EventBus
-from .db import Database, Workspace
+from .db import Database
+from .experiment import Experiment
 from .faults import Error, Latency
 from .outbox import IdempotentConsumer, Outbox
 from .services import CallError, Node, Service, Store, Topology, now
@@ -329,13 +330,13 @@ class TransientFailure(Exception):
 
 
 # -- the two designs as running systems -----------------------------------------------------------
-class _Design:
+class _Design(Experiment):
     """What both designs share: knobs, a workspace of SQLite files, a topology, a scope.
 
     ``async with`` opens the databases, starts the services (and, after, the relays and
     consumers); leaving it stops everything and deletes the databases, even on error.
     """
-    design = ""
+    prefix = "monolith"
 
     def __init__(self, k: Knobs | None = None):
         if k is not None and not isinstance(k, Knobs):
@@ -343,51 +344,22 @@ class _Design:
         self.k = k or Knobs()
         self.columns = {c: c for c in CUSTOMER_COLUMNS}   # the customer team's current names
         self.db: dict[str, Database] = {}
-        self.ws: Workspace | None = None
-        self.topology = Topology(*self._nodes(), name=f"monolith: {self.design}",
-                                 seed=self.k.seed)
+        super().__init__(Topology(*self._nodes(), name=f"monolith: {self.design}",
+                                  seed=self.k.seed))
         for svc in self.topology.services.values():
             if self.k.latency_ms:
                 svc.faults.add(Latency(self.k.latency_ms))
             if self.k.p:
                 svc.faults.add(Error(self.k.p, 503))
-        self._stack: AsyncExitStack | None = None
 
     def _nodes(self) -> list[Node]:
         raise NotImplementedError
 
-    def diagram(self, **kwargs):
-        return self.topology.diagram(**kwargs)
-
-    async def __aenter__(self):
-        if self._stack is not None:
-            raise RuntimeError(f"the {self.design} design is already running")
-        stack = AsyncExitStack()
-        try:
-            self.ws = await stack.enter_async_context(
-                Workspace(prefix=f"monolith-{self.design}-", wal=True))
-            await self._open()
-            await stack.enter_async_context(self.topology)
-            await self._start(stack)
-        except BaseException:
-            await stack.aclose()
-            self.db.clear()
-            raise
-        self._stack = stack
-        return self
-
-    async def __aexit__(self, *exc) -> None:
-        stack, self._stack = self._stack, None
-        try:
-            await stack.aclose()
-        finally:
-            self.db.clear()                  # closed, with their folder, by the workspace
+    def _forget(self) -> None:
+        self.db.clear()                      # closed, with their folder, by the workspace
 
     async def _open(self) -> None:
         raise NotImplementedError
-
-    async def _start(self, stack: AsyncExitStack) -> None:
-        pass
 
     async def _load_data(self, db: Database, tables) -> None:
         await db.executescript("\n".join(TABLES[t] for t in tables))
