@@ -180,12 +180,17 @@ async def test_no_request_outlives_its_deadline_across_three_hops(leakcheck):
             assert svc.in_flight == 0, f"{name} still working after the deadline"
         spans = topo.tracer.spans
     limit = max(t0 + budget, gave_up) + margin
-    assert len(spans) == 3
+    # Usually all three hops start (3 spans); on a slow or cold machine the budget can run out
+    # before a hop is reached, and a hop with no time left is never called. Either way, every
+    # call made and every handler that ran must end by the limit.
+    assert 1 <= len(spans) <= 3
+    assert sorted(s.callee for s in spans) == list("abc"[:len(spans)])
     for s in spans:
         assert s.status in ("deadline", 502, 504, "cancelled", "reset"), s
         assert s.end <= limit, f"{s.caller}->{s.callee} ended {s.end - t0:.3f}s after the start"
-    for name in "abc":
-        assert seen[name]["ended"] <= limit, f"{name}'s handler ended late"
+    assert seen, "the first hop's handler never ran"
+    for name, times in seen.items():
+        assert times["ended"] <= limit, f"{name}'s handler ended late"
 
 
 async def test_a_deadline_is_not_cut_short_when_there_is_time(leakcheck):
