@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 HTML   := _build/html
 
 # `book/` is a folder, so every target is phony or `make book` would say "up to date".
-.PHONY: setup book test test-fast bench serve lab clean vendor
+.PHONY: setup book test test-fast bench serve lab clean vendor clean-notebooks
 
 setup: $(STAMP) vendor
 
@@ -45,6 +45,10 @@ test-fast: setup
 
 bench: setup
 	$(BIN)/python scripts/bench.py
+
+# Notebooks are stored with only the outputs nbval compares and no execution metadata.
+clean-notebooks: setup
+	$(BIN)/python scripts/notebooks.py clean
 
 clean:
 	rm -rf _build build .jupyter_cache

@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 
 
-from toylib import Latency, Service, Topology, load
+from toylib import Latency, Service, Topology
+from toylib.core import load
 
 ROOT = Path(__file__).resolve().parent.parent
 CHAIN = [("cart", 50), ("customer", 30), ("payment", 200), ("inventory", 100), ("shipping", 150)]

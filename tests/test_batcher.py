@@ -5,7 +5,7 @@ import asyncio
 
 import pytest
 
-from toylib.batcher import Batcher
+from toylib.resilience.batcher import Batcher
 
 
 def recorder(fail_on=None, wrong_length=False, delay=0.0):

@@ -13,16 +13,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from toylib.breaker import (CLOSED, HALF_OPEN, OPEN, TRANSITIONS, BreakerEvent, CallNotPermitted,
+from toylib.core.clock import FakeClock
+
+from toylib.resilience.breaker import (CLOSED, HALF_OPEN, OPEN, TRANSITIONS, BreakerEvent, CallNotPermitted,
                             CircuitBreaker)
 
 
-class FakeClock:
-    def __init__(self, t: float = 0.0):
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 class Boom(Exception):

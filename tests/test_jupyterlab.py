@@ -49,7 +49,7 @@ pytestmark = [
 ]
 
 ROOT = Path(__file__).resolve().parent.parent
-CHAPTER = ROOT / "chapters" / "02_chatty_apis.ipynb"
+CHAPTER = ROOT / "chapters" / "ch02_chatty.ipynb"
 ARTIFACTS = ROOT / "test-artifacts" / "jupyterlab"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from toylib import CallError, Service, Topology
-from toylib.load import LoadResult, closed_loop, open_loop, sequential, summarize
+from toylib.core.load import LoadResult, closed_loop, open_loop, sequential, summarize
 
 
 async def quick(i):

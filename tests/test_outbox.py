@@ -1,13 +1,13 @@
-"""toylib.outbox: the event commits with the business row; duplicates are absorbed."""
+"""toylib.data.outbox: the event commits with the business row; duplicates are absorbed."""
 import asyncio
 import sqlite3
 from types import SimpleNamespace
 
 import pytest
 
-from toylib.bus import EventBus
-from toylib.db import Workspace
-from toylib.outbox import IdempotentConsumer, Outbox
+from toylib.data.bus import EventBus
+from toylib.data.db import Workspace
+from toylib.data.outbox import IdempotentConsumer, Outbox
 
 
 def no_tasks_left():

@@ -12,8 +12,8 @@ import pytest  # noqa: E402
 from matplotlib.colors import to_rgba  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from toylib import plots  # noqa: E402
-from toylib.load import LoadResult  # noqa: E402
+from toylib.present import plots  # noqa: E402
+from toylib.core.load import LoadResult  # noqa: E402
 
 WHITE = (1.0, 1.0, 1.0, 1.0)
 

@@ -2,18 +2,14 @@
 from __future__ import annotations
 
 import pytest
+
+from toylib.core.clock import FakeClock
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from toylib.ratelimit import RateLimiter
+from toylib.resilience.ratelimit import RateLimiter
 
 
-class FakeClock:
-    def __init__(self, t: float = 0.0):
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def test_burst_then_reject():

@@ -6,19 +6,15 @@ import random
 import statistics
 
 import pytest
+
+from toylib.core.clock import FakeClock
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from toylib.retry import (POLICIES, Overloaded, RetryBudget, RetryStats, backoff_delays,
+from toylib.resilience.retry import (POLICIES, Overloaded, RetryBudget, RetryStats, backoff_delays,
                           retry)
 
 
-class FakeClock:
-    def __init__(self, t: float = 0.0):
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def temps(base, cap, n):

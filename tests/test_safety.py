@@ -14,10 +14,11 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from conftest import fd_count, other_tasks, settle, thread_count
-from toylib import chatty, services
+from toylib.testing import fd_count, other_tasks, settle, thread_count
+from toylib.chapters import ch02_chatty as chatty
+from toylib.core import services
 
-TOYLIB = Path(chatty.__file__).resolve().parent
+TOYLIB = Path(chatty.__file__).resolve().parent.parent
 RUNS = 20
 SLACK = 3       # a small constant: lazily created loop or library objects, never growth
 
@@ -116,8 +117,8 @@ SERVER_CALLS = {"TCPSite": 1, "create_server": 1, "start_server": 1, "bind": 0, 
 
 
 def _sources() -> list[Path]:
-    files = sorted(TOYLIB.glob("*.py"))
-    assert len(files) >= 10 and (TOYLIB / "services.py") in files
+    files = sorted(TOYLIB.rglob("*.py"))
+    assert len(files) >= 10 and (TOYLIB / "core" / "services.py") in files
     return files
 
 

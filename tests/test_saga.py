@@ -1,4 +1,4 @@
-"""toylib.saga: compensation in reverse order, retries past the pivot, resume after a stop.
+"""toylib.data.saga: compensation in reverse order, retries past the pivot, resume after a stop.
 
 The property test runs hundreds of order sagas against fake participants that own real
 SQLite databases and honour idempotency keys, with seeded faults at every step (before or
@@ -16,8 +16,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from toylib.db import Workspace
-from toylib.saga import (COMPENSATED, COMPENSATION_FAILED, COMPLETED, STUCK, TERMINAL,
+from toylib.data.db import Workspace
+from toylib.data.saga import (COMPENSATED, COMPENSATION_FAILED, COMPLETED, STUCK, TERMINAL,
                          SagaDefinition, SagaOrchestrator, Step, backoff_delay,
                          idempotency_key)
 

@@ -8,9 +8,9 @@ import time
 import pytest
 from aiohttp import web
 
-from conftest import listening_sockets, other_tasks, refused, settle, fd_count
+from toylib.testing import listening_sockets, other_tasks, refused, settle, fd_count
 from toylib import CallError, Service, Store, Topology
-from toylib.services import Reply
+from toylib.core.services import Reply
 
 
 def echo_service(name: str = "echo", **kw) -> Service:
@@ -362,7 +362,7 @@ async def test_a_failing_dependency_gives_502_without_a_traceback(capfd, caplog,
 
 async def test_gather_or_cancel_cancels_the_others_on_first_failure():
     import asyncio as _asyncio
-    from toylib.services import gather_or_cancel
+    from toylib.core.services import gather_or_cancel
     cancelled = []
 
     async def slow():

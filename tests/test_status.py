@@ -1,11 +1,11 @@
-"""toylib.status: pollable request statuses with a validated state machine."""
+"""toylib.data.status: pollable request statuses with a validated state machine."""
 import asyncio
 import itertools
 
 import pytest
 
-from toylib.db import Workspace
-from toylib.status import InvalidTransition, StatusStore, UnknownRequest
+from toylib.data.db import Workspace
+from toylib.data.status import InvalidTransition, StatusStore, UnknownRequest
 
 # Written out here, not imported, so a wrong table in the module fails the test.
 ALLOWED = {
@@ -125,8 +125,8 @@ async def test_bad_input_is_rejected_with_the_parameter_named():
 
 
 async def test_a_saga_drives_the_status_a_client_polls():
-    from toylib.saga import SagaDefinition, SagaOrchestrator, Step
-    from toylib.status import FROM_SAGA
+    from toylib.data.saga import SagaDefinition, SagaOrchestrator, Step
+    from toylib.data.status import FROM_SAGA
 
     async def ok(ctx, key):
         pass

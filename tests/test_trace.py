@@ -6,7 +6,7 @@ import json
 import pytest
 
 from toylib import CallError, Error, Hang, Service, Topology
-from toylib.trace import COLUMNS, Tracer
+from toylib.core.trace import COLUMNS, Tracer
 
 
 def page_topology(n: int, m: int) -> Topology:
@@ -133,7 +133,7 @@ async def test_capture_collects_only_the_spans_of_the_block(leakcheck):
 
 def test_df_columns_and_units():
     tracer = Tracer(clock=iter([10.0, 10.5, 10.7]).__next__)   # t0, then one span's times
-    from toylib.trace import Span
+    from toylib.core.trace import Span
     start, end = tracer.clock(), tracer.clock()
     tracer.record(Span("t1", 1, None, "client", "a", "GET", "/x", "/x", start, end, 200,
                        0, 10, 150))

@@ -11,8 +11,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 
-from toylib import chatty, widgets  # noqa: E402
-from toylib.widgets import Panel, panel  # noqa: E402
+from toylib.chapters import ch02_chatty as chatty
+from toylib.present import widgets  # noqa: E402
+from toylib.present.widgets import Panel, panel  # noqa: E402
 
 
 class RecordingOutput:

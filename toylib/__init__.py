@@ -5,8 +5,8 @@ The core: :mod:`services` (Service, Topology), :mod:`faults` (Toxiproxy-style to
 four planes), :mod:`plots` and :mod:`widgets`. Each chapter's designs live in a module named
 after the chapter's idea (e.g. :mod:`chatty`).
 """
-from .faults import Error, Hang, Latency, Reset, SlowDown
-from .services import CallError, Node, Service, Store, Topology
+from toylib.core.faults import Error, Hang, Latency, Reset, SlowDown
+from toylib.core.services import CallError, Node, Service, Store, Topology
 
 __all__ = ["Service", "Store", "Node", "Topology", "CallError",
            "Latency", "Error", "Hang", "Reset", "SlowDown"]

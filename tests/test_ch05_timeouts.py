@@ -1,0 +1,323 @@
+"""Chapter 5's designs: the pool fills without timeouts, the fix answers everything in time,
+retries amplify exactly 3^k, budgets and deadlines bound them, and nothing is left running."""
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+from dataclasses import replace
+
+import pandas as pd
+import pytest
+
+from toylib.testing import FakeClock
+from toylib import CallError
+from toylib.chapters import ch05_timeouts as timeouts
+from toylib.core import deadline as dl
+from toylib.resilience.retry import RetryStats, retry
+from toylib.chapters.ch05_timeouts import HEALTHY, HUNG, Knobs
+
+FAST = Knobs(pool=2, latency_ms=20, sigma=0.3, hang_p=1.0, timeout_ms=60, attempts=2,
+             base_ms=5, cap_ms=10, deadline_ms=400)
+
+
+# -- knobs and small functions ----------------------------------------------------------------
+@pytest.mark.parametrize("kwargs, param", [
+    ({"pool": 0}, "pool"), ({"pool": 2.5}, "pool"), ({"latency_ms": 0}, "latency_ms"),
+    ({"sigma": -1}, "sigma"), ({"hang_p": 1.5}, "hang_p"), ({"timeout_ms": 0}, "timeout_ms"),
+    ({"attempts": 0}, "attempts"), ({"policy": "random"}, "policy"),
+    ({"base_ms": 0}, "base_ms"), ({"base_ms": 50, "cap_ms": 10}, "cap_ms"),
+    ({"budget_ratio": 2}, "budget_ratio"), ({"budget_burst": 0.5}, "budget_burst"),
+    ({"deadline_ms": 0}, "deadline_ms"), ({"reply_ms": -1}, "reply_ms"), ({"seed": 1.5}, "seed"),
+])
+def test_bad_knobs_name_the_parameter(kwargs, param):
+    with pytest.raises((ValueError, TypeError), match=param):
+        Knobs(**kwargs)
+
+
+def test_a_budget_of_none_means_no_budget():
+    assert timeouts.after(Knobs(budget_ratio=None)).budget is None
+    assert timeouts.after(Knobs(budget_ratio=0.0)).budget is not None
+
+
+@pytest.mark.parametrize("exc, expected", [
+    (CallError("a", "b", "/", "timeout"), True),
+    (CallError("a", "b", "/", "reset"), True),
+    (CallError("a", "b", "/", "refused"), True),
+    (CallError("a", "b", "/", "http", 503), True),
+    (CallError("a", "b", "/", "http", 502), True),
+    (CallError("a", "b", "/", "http", 404), False),
+    (CallError("a", "b", "/", "overloaded", 503), False),
+    (CallError("a", "b", "/", "deadline"), False),
+    (ValueError("not a call"), False),
+])
+def test_transient_retries_only_what_may_succeed_next_time(exc, expected):
+    assert timeouts.transient(exc) is expected
+
+
+def test_lognormal_quantile_and_survival_are_inverse():
+    for q in (0.5, 0.9, 0.99, 0.999):
+        t = timeouts.lognormal_quantile(q, 20, 0.5)
+        assert timeouts.lognormal_survival(t, 20, 0.5) == pytest.approx(1 - q, rel=1e-9)
+    assert timeouts.lognormal_quantile(0.5, 20, 0.5) == pytest.approx(20)
+    assert timeouts.lognormal_survival(0, 20, 0.5) == 1.0
+
+
+def test_false_timeout_rate_and_choose_timeout():
+    lat = list(range(1, 1001))            # 1 .. 1000 ms
+    rates = timeouts.false_timeout_rate(lat, [0, 500, 990, 1000])
+    assert list(rates) == [1.0, 0.5, 0.01, 0.0]
+    assert timeouts.choose_timeout(lat, 0.001) == pytest.approx(999.001)
+    assert timeouts.choose_timeout(lat, 0.01) == pytest.approx(990.01)
+
+
+@pytest.mark.parametrize("call, param", [
+    (lambda: timeouts.false_timeout_rate([], [1]), "latencies_ms"),
+    (lambda: timeouts.choose_timeout([1, 2], 0), "false_timeouts"),
+    (lambda: timeouts.choose_timeout([1, 2], 1), "false_timeouts"),
+    (lambda: timeouts.choose_timeout([], 0.01), "latencies_ms"),
+    (lambda: timeouts.lognormal_survival(10, 0, 0.5), "median_ms"),
+    (lambda: timeouts.lognormal_survival(10, 20, 0), "sigma"),
+    (lambda: timeouts.lognormal_quantile(1.0, 20, 0.5), "q"),
+    (lambda: timeouts.layered(0), "k_layers"),
+    (lambda: timeouts.layered(2, tries=0), "tries"),
+    (lambda: timeouts.layered(2, retry_at="middle"), "retry_at"),
+    (lambda: timeouts.layered(2, budget_ratio=3), "budget_ratio"),
+    (lambda: timeouts.recovering_dependency(capacity=0), "capacity"),
+    (lambda: timeouts.recovering_dependency(service_ms=0), "service_ms"),
+    (lambda: timeouts.hang_schedule(Knobs(), -1), "n"),
+    (lambda: timeouts.fill_time(Knobs(), rate=0, seconds=1), "rate"),
+])
+def test_bad_arguments_name_the_parameter(call, param):
+    with pytest.raises((ValueError, TypeError), match=param):
+        call()
+
+
+@pytest.mark.parametrize("coro, param", [
+    (lambda: timeouts.amplification(2, requests=0), "requests"),
+    (lambda: timeouts.shared_recovery("sometimes"), "policy"),
+    (lambda: timeouts.shared_recovery("full", clients=0), "clients"),
+    (lambda: timeouts.shared_recovery("full", down_s=-1), "down_s"),
+    (lambda: timeouts.shared_recovery("full", budget_ratio=2), "budget_ratio"),
+    (lambda: timeouts.count_timeouts(FAST, 0), "timeout_ms"),
+    (lambda: timeouts.deadline_experiment(FAST, deadline_ms=0, propagate=True), "deadline_ms"),
+    (lambda: timeouts.deadline_experiment(FAST, deadline_ms=100, propagate="yes"), "propagate"),
+])
+async def test_bad_arguments_of_experiments_name_the_parameter(coro, param, leakcheck):
+    with pytest.raises((ValueError, TypeError), match=param):
+        await coro()
+
+
+async def test_mixed_load_rejects_bad_arguments(leakcheck):
+    async with timeouts.before(FAST) as topo:
+        for kwargs, param in (({"rate": 0}, "rate"), ({"seconds": -1}, "seconds"),
+                              ({"grace": -1}, "grace"), ({"sample_every": 0}, "sample_every")):
+            with pytest.raises(ValueError, match=param):
+                await timeouts.mixed_load(topo, **kwargs)
+
+
+# -- before: the pool fills and the healthy endpoint starves -----------------------------------
+async def test_without_timeouts_hung_calls_starve_the_healthy_endpoint(leakcheck):
+    async with timeouts.before(FAST) as topo:
+        for i in range(FAST.pool):
+            topo.spawn(topo.call("api", "GET", f"{HUNG}/{i}"))
+        await asyncio.sleep(0.2)
+        assert topo.service("api").in_flight == FAST.pool
+        with pytest.raises(CallError) as e:
+            await topo.call("api", "GET", f"{HEALTHY}/1", timeout=0.3)
+        assert e.value.kind == "timeout"
+        assert topo.service("catalog").handled == 0
+    assert topo.service("api").in_flight == 0        # the block's end cancelled the hung calls
+
+
+async def test_the_hang_schedule_predicts_which_requests_hang(leakcheck):
+    k = replace(FAST, pool=50, hang_p=0.3, seed=3)     # a pool too big to fill: no queueing
+    async with timeouts.before(k) as topo:
+        res, busy = await timeouts.mixed_load(topo, rate=80, seconds=0.5, grace=1.0)
+    hung = res.df[(res.df.error == "unfinished")]
+    assert set(hung["i"]) == set(timeouts.hang_schedule(k, len(res.df)))
+    assert (hung["endpoint"] == HUNG).all()
+    assert res.df.loc[res.df.endpoint == HEALTHY, "ok"].all()
+    assert busy["busy"].max() >= len(hung)
+
+
+def test_fill_time_is_the_arrival_of_the_pool_th_hang():
+    k = Knobs(pool=3, hang_p=0.5, seed=1)
+    hangs = timeouts.hang_schedule(k, 100)
+    assert hangs == sorted(hangs) and all(i % 2 == 1 for i in hangs)
+    assert timeouts.fill_time(k, rate=50, seconds=2) == hangs[2] / 50
+    assert timeouts.fill_time(replace(k, hang_p=0.0), rate=50, seconds=2) is None
+
+
+# -- after: every request is answered in time ---------------------------------------------------
+async def test_with_timeouts_every_request_is_answered_and_the_pool_stays_free(leakcheck):
+    k = replace(FAST, pool=8)          # 20 hung calls/s of at most ~130 ms: about 3 workers
+    async with timeouts.after(k) as topo:
+        res, busy = await timeouts.mixed_load(topo, rate=40, seconds=0.5, grace=0.5)
+        stats = topo.retry_stats
+    summary = timeouts.starvation_summary(res)
+    assert summary["hung"].sum() == 0
+    assert summary.loc[HEALTHY, "success"] == 1.0
+    assert summary.loc[HUNG, "success"] == 0.0          # every recommender call hangs: 504s
+    # two tries of 60 ms plus a backoff of at most 10 ms, and a little overhead
+    assert summary.loc[HUNG, "worst_ms"] < 2 * k.timeout_ms + k.cap_ms + 100
+    assert busy["busy"].max() < k.pool
+    assert stats.retries > 0 and stats.failures == stats.calls
+
+
+async def test_the_api_answers_before_an_inherited_deadline(leakcheck):
+    # reply_ms: the time kept back to answer; generous, so that a busy machine cannot eat it
+    k = replace(FAST, timeout_ms=1000, deadline_ms=None, reply_ms=80)
+    async with timeouts.after(k) as topo:
+        with dl.scope(dl.Deadline.after(0.3)):
+            reply = await topo.call("api", "GET", f"{HUNG}/1", raw=True)
+    assert reply.status == 504 and "deadline" in reply.json()["error"]
+
+
+async def test_deadline_experiment_keeps_every_request_inside_its_deadline(leakcheck):
+    k = replace(FAST, hang_p=0.5, timeout_ms=80, attempts=3)
+    prop = await timeouts.deadline_experiment(k, deadline_ms=120, propagate=True, n=8,
+                                              rate=40)
+    fixed = await timeouts.deadline_experiment(k, deadline_ms=120, propagate=False, n=8,
+                                               rate=40)
+    assert len(prop) == len(fixed) == 8
+    assert prop["over_ms"].max() < 40
+    assert prop["outcome"].isin(["ok", "HTTP 504", "deadline"]).all()
+    assert prop.attrs["still_working_after"] == fixed.attrs["still_working_after"] == 0
+    assert fixed["over_ms"].max() > prop["over_ms"].max()
+
+
+# -- retries and deadlines (the extension of toylib.resilience.retry) --------------------------------------
+class Failing:
+    def __init__(self):
+        self.calls = 0
+
+    async def __call__(self):
+        self.calls += 1
+        raise ConnectionError("down")
+
+
+async def test_retry_stops_when_the_deadline_leaves_no_time_for_another_attempt():
+    clock = FakeClock(1000.0)
+    slept = []
+
+    async def sleep(d):
+        slept.append(d)
+        clock.advance(d)
+
+    fn, stats = Failing(), RetryStats()
+    with dl.scope(dl.Deadline(clock() + 0.35, clock)):
+        with pytest.raises(ConnectionError):
+            await retry(fn, attempts=10, policy="none", base=0.1, cap=1.0, sleep=sleep,
+                        stats=stats)
+    # delays 0.1 and 0.2 fit (0.35 - 0.1, then 0.25 - 0.2 > 0); the next, 0.4, does not
+    assert slept == pytest.approx([0.1, 0.2]) and fn.calls == 3
+    assert stats.gave_up == {"deadline": 1}
+
+
+async def test_min_attempt_keeps_back_time_for_the_attempt_itself():
+    clock = FakeClock(1000.0)
+
+    async def sleep(d):
+        clock.advance(d)
+
+    fn, stats = Failing(), RetryStats()
+    with dl.scope(dl.Deadline(clock() + 0.35, clock)):
+        with pytest.raises(ConnectionError):
+            await retry(fn, attempts=10, policy="none", base=0.1, cap=1.0, sleep=sleep,
+                        stats=stats, min_attempt=0.1)
+    assert fn.calls == 2 and stats.gave_up == {"deadline": 1}
+
+
+async def test_a_retry_the_deadline_forbids_costs_no_budget_token():
+    from toylib.resilience.retry import RetryBudget
+    clock = FakeClock(1000.0)
+    budget = RetryBudget(0.0, burst=2)
+    with dl.scope(dl.Deadline(clock() + 0.05, clock)):
+        with pytest.raises(ConnectionError):
+            await retry(Failing(), attempts=3, policy="none", base=0.1, cap=1.0, budget=budget,
+                        sleep=lambda d: asyncio.sleep(0))
+    assert budget.tokens == 2
+
+
+async def test_without_a_deadline_retry_is_unchanged():
+    fn = Failing()
+
+    async def sleep(d):
+        pass
+
+    with pytest.raises(ConnectionError):
+        await retry(fn, attempts=4, policy="full", rng=random.Random(0), sleep=sleep)
+    assert fn.calls == 4
+
+
+async def test_retry_rejects_a_negative_min_attempt():
+    with pytest.raises(ValueError, match="min_attempt"):
+        await retry(Failing(), attempts=2, policy="none", min_attempt=-1)
+
+
+# -- retry amplification -------------------------------------------------------------------------
+@pytest.mark.parametrize("k_layers", [1, 2, 3])
+async def test_three_tries_at_every_layer_reach_the_bottom_3_to_the_k_times(k_layers, leakcheck):
+    every = await timeouts.amplification(k_layers, requests=2)
+    assert every["calls reaching the database"] == 2 * 3 ** k_layers
+    top = await timeouts.amplification(k_layers, requests=2, retry_at="top")
+    assert top["calls reaching the database"] == 2 * 3
+
+
+async def test_a_retry_budget_at_every_layer_stays_under_its_bound(leakcheck):
+    for k_layers in (1, 2, 3):
+        r = await timeouts.amplification(k_layers, requests=10, budget_ratio=0.1,
+                                         budget_burst=2)
+        bound = timeouts.budget_bound(k_layers, 10, ratio=0.1, burst=2)
+        assert 10 < r["calls reaching the database"] <= bound < 10 * 3 ** k_layers
+
+
+def test_budget_bound_without_a_budget_worth_spending_is_the_request_count():
+    assert timeouts.budget_bound(3, 10, ratio=0.0, burst=1) == 10 + 1 + 1 + 1
+    assert timeouts.budget_bound(1, 10, ratio=1.0, burst=100) == 30   # capped by 3 tries
+
+
+# -- shared recovery -----------------------------------------------------------------------------
+def test_lockstep_model_counts_rounds():
+    m = timeouts.lockstep_model(clients=10, capacity=5, service_ms=10, down_s=0, base_ms=20,
+                                cap_ms=20, attempts=5)
+    assert m == {"calls": 15, "drain_s": pytest.approx(0.03), "gave_up": 0}
+    m = timeouts.lockstep_model(clients=10, capacity=1, service_ms=10, down_s=0, base_ms=20,
+                                cap_ms=20, attempts=3)
+    assert m["gave_up"] == 7 and math.isnan(m["drain_s"])
+    assert timeouts.spread_bound(clients=10, capacity=5, service_ms=10, down_s=0.1) == \
+        pytest.approx(0.12)
+
+
+async def test_shared_recovery_serves_every_client_and_counts_every_call(leakcheck):
+    r = await timeouts.shared_recovery("none", clients=10, capacity=5, service_ms=20,
+                                       down_s=0.05, base_ms=20, cap_ms=40, attempts=10)
+    assert r["succeeded"] == 10 and r["gave_up"] == 0 and r["unfinished"] == 0
+    assert r["calls"] == len(r["arrivals"]) == r["done"]["attempts"].sum()
+    assert r["calls"] >= 10 + 10                       # everyone failed once while it was down
+    assert isinstance(r["done"], pd.DataFrame) and r["drain_s"] >= 0.05
+
+
+async def test_a_shared_budget_makes_clients_give_up(leakcheck):
+    r = await timeouts.shared_recovery("full", clients=10, capacity=5, service_ms=20,
+                                       down_s=0.2, base_ms=10, cap_ms=20, attempts=10,
+                                       budget_ratio=0.0)
+    assert r["gave_up"] > 0
+    assert r["calls"] <= 10 + 10                       # first tries plus a burst of 10
+
+
+async def test_measure_latency_and_count_timeouts(leakcheck):
+    k = replace(FAST, hang_p=1.0)                       # measurement turns hanging off
+    res = await timeouts.measure_latency(k, n=40, concurrency=10)
+    assert res.df["ok"].all() and len(res.latencies) == 40
+    assert res.latencies.median() >= k.latency_ms * 0.7
+    assert await timeouts.count_timeouts(k, 1000, n=20) == 0.0
+    assert await timeouts.count_timeouts(k, 1, n=20) == 1.0
+
+
+async def test_compare_runs_both_designs(leakcheck):
+    table = await timeouts.compare(replace(FAST, hang_p=0.5), rate=40, seconds=0.4)
+    assert set(table["design"]) == {"before", "after"}
+    assert set(table["endpoint"]) == {HEALTHY, HUNG}
+    assert table.loc[table.design == "after", "hung"].sum() == 0

@@ -1,0 +1,833 @@
+"""Chapter 1, Distributed monolith: five services that cannot live apart, and their separation.
+
+* **Before** (:class:`DistributedMonolith`): the order service calls customer, pricing,
+  inventory and payment one after another, and all five read and write **one** SQLite file,
+  each through its own connection, as five processes would. Pricing and payment also read the
+  customer team's table directly, because it is right there.
+* **After** (:class:`OwnedData`): each service owns its own SQLite file. The order service
+  decides with local copies of the customer and price data (fed by the ``customers`` and
+  ``prices`` topics), writes the order and an ``OrderPlaced`` event in one local transaction
+  (the transactional outbox) and answers at once. Inventory, payment, customer and pricing
+  each read the ``orders`` topic in their own consumer group, through an idempotent consumer.
+
+Every service's own work costs ``latency_ms`` in both designs (per request before; per request
+for the order service and per event for the others after) and fails with probability ``p``.
+The experiments at the end of the module are the chapter's: order latency, availability, the
+blast radius of a schema migration, and an outage with its queue lag and drain.
+"""
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import Counter
+from contextlib import AsyncExitStack, nullcontext
+from dataclasses import dataclass
+
+import pandas as pd
+from aiohttp import web
+
+from toylib.core import validate as v
+from toylib.core import load
+from toylib.data.bus import EventBus
+from toylib.data.db import Database
+from toylib.chapters.design import Experiment
+from toylib.core.faults import Error, Latency
+from toylib.data.outbox import IdempotentConsumer, Outbox
+from toylib.core.services import CallError, Node, Service, Store, Topology
+from toylib.core.clock import now
+
+DEPENDENCIES = ("customer", "pricing", "inventory", "payment")   # the order service's, in order
+SERVICES = ("order",) + DEPENDENCIES
+TIER_DISCOUNT = {"standard": 0.0, "silver": 0.05, "gold": 0.10}
+CUSTOMER_COLUMNS = ("id", "name", "email", "tier")
+STOCK = 1_000_000                                               # per sku: never the bottleneck
+
+TABLES = {
+    "customers": "CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT NOT NULL, "
+                 "email TEXT NOT NULL, tier TEXT NOT NULL, "
+                 "orders_placed INTEGER NOT NULL DEFAULT 0);",
+    "prices": "CREATE TABLE prices (sku TEXT PRIMARY KEY, price REAL NOT NULL, "
+              "sold INTEGER NOT NULL DEFAULT 0);",
+    "stock": "CREATE TABLE stock (sku TEXT PRIMARY KEY, available INTEGER NOT NULL);",
+    "payments": "CREATE TABLE payments (id INTEGER PRIMARY KEY, order_ref TEXT NOT NULL, "
+                "customer_id INTEGER NOT NULL, amount REAL NOT NULL, receipt_to TEXT);",
+    "orders": "CREATE TABLE orders (id INTEGER PRIMARY KEY, customer_id INTEGER NOT NULL, "
+              "sku TEXT NOT NULL, qty INTEGER NOT NULL, total REAL, status TEXT NOT NULL, "
+              "event_id TEXT, created_at REAL NOT NULL);",
+    "customer_view": "CREATE TABLE customer_view (id INTEGER PRIMARY KEY, name TEXT, "
+                     "email TEXT, tier TEXT);",
+    "price_view": "CREATE TABLE price_view (sku TEXT PRIMARY KEY, price REAL);",
+}
+# Before: one file holds every team's tables. After: each service's file holds its own.
+SHARED_TABLES = ("customers", "prices", "stock", "payments", "orders")
+OWNS = {"order": ("orders", "customer_view", "price_view"), "customer": ("customers",),
+        "pricing": ("prices",), "inventory": ("stock",), "payment": ("payments",)}
+
+
+@dataclass(frozen=True)
+class Knobs:
+    """The chapter's knobs, validated once."""
+    latency_ms: float = 50.0     # each service's own work, per request or per event
+    p: float = 0.0               # probability that one piece of a service's work fails
+    customers: int = 20
+    skus: int = 5
+    partitions: int = 4          # of each topic (after)
+    retry_delay_s: float = 0.02  # a consumer's pause before retrying an event that failed
+    seed: int = 0
+
+    def __post_init__(self):
+        v.number("latency_ms", self.latency_ms, low=0, high=2000)
+        v.probability("p", self.p)
+        v.number("customers", self.customers, low=1, high=10_000, integer=True)
+        v.number("skus", self.skus, low=1, high=1000, integer=True)
+        v.number("partitions", self.partitions, low=1, high=64, integer=True)
+        v.number("retry_delay_s", self.retry_delay_s, low=0, high=5)
+        v.number("seed", self.seed, integer=True)
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One team renames a column of its table, and ships its own code with the change."""
+    column: str
+    new: str
+    table: str = "customers"
+    owner: str = "customer"
+
+    def __post_init__(self):
+        v.one_of("column", self.column, CUSTOMER_COLUMNS)
+        v.name("new", self.new)
+        if self.new in CUSTOMER_COLUMNS + ("orders_placed",):
+            raise ValueError(f"new must be a column name not already in {self.table}; "
+                             f"got {self.new!r}")
+        v.one_of("table", self.table, ("customers",))
+        v.one_of("owner", self.owner, ("customer",))
+
+    @property
+    def sql(self) -> str:
+        return f"ALTER TABLE {self.table} RENAME COLUMN {self.column} TO {self.new}"
+
+    def __str__(self) -> str:
+        return f"{self.table}.{self.column} -> {self.new}"
+
+
+MIGRATIONS = (Migration("email", "contact_email"), Migration("tier", "loyalty_tier"),
+              Migration("id", "customer_id"), Migration("name", "full_name"))
+
+
+# -- the data, identical in both designs ----------------------------------------------------------
+def customer_rows(k: Knobs) -> list[tuple]:
+    tiers = list(TIER_DISCOUNT)
+    return [(c, f"customer {c}", f"c{c}@example.com", tiers[c % len(tiers)])
+            for c in range(1, k.customers + 1)]
+
+
+def price_rows(k: Knobs) -> list[tuple]:
+    return [(f"sku-{j}", 10.0 + 5 * j) for j in range(k.skus)]
+
+
+def order_for(i: int, k: Knobs) -> dict:
+    """Request ``i``'s order: the same customer, sku and quantity in both designs."""
+    v.non_negative("i", i, integer=True)
+    return {"customer_id": 1 + (7 * i) % k.customers, "sku": f"sku-{i % k.skus}",
+            "qty": 1 + i % 3}
+
+
+def price_total(price: float, qty: int, tier: str) -> float:
+    return round(price * qty * (1 - TIER_DISCOUNT[tier]), 2)
+
+
+def customer_sql(columns: dict) -> dict:
+    """The customer team's statements, written against its *current* column names.
+
+    The team that migrates its table ships new code with the migration: here, a new column
+    map. Every other team's SQL is fixed text, written when that team last deployed. The
+    aliases keep what the team publishes (its API answers and its events) unchanged.
+    """
+    c = columns
+    return {
+        "get": f"SELECT {c['id']} AS id, {c['name']} AS name, {c['email']} AS email, "
+               f"{c['tier']} AS tier FROM customers WHERE {c['id']} = ?",
+        "count_order": f"UPDATE customers SET orders_placed = orders_placed + 1 "
+                       f"WHERE {c['id']} = ?",
+        "set_tier": f"UPDATE customers SET {c['tier']} = ? WHERE {c['id']} = ?",
+    }
+
+
+def _customer(row) -> dict:
+    return dict(zip(CUSTOMER_COLUMNS, row))
+
+
+def _not_found(what: str):
+    return web.json_response({"error": f"unknown {what}"}, status=404)
+
+
+# -- before: one database, synchronous calls ------------------------------------------------------
+def shared_db_services(m: DistributedMonolith) -> list[Service]:
+    """Customer, pricing, inventory and payment, each on its own connection to the ONE file."""
+    customer, pricing, inventory, payment = (
+        Service(name, label=f"{name.title()} Service", uses=("shared_db",))
+        for name in DEPENDENCIES)
+
+    @customer.post(r"/customers/{id:\d+}/orders")
+    async def validate_and_count(request):          # is it a customer? count the order (loyalty)
+        db, sql, cid = m.db["customer"], customer_sql(m.columns), int(request.match_info["id"])
+        async with db.transaction():
+            row = await db.fetchone(sql["get"], (cid,))
+            if row is None:
+                return _not_found(f"customer {cid}")
+            await db.execute(sql["count_order"], (cid,))
+        return _customer(row)
+
+    @pricing.post("/quote")
+    async def quote(request):                       # the tier discount: read the customers table
+        b, db = await request.json(), m.db["pricing"]
+        async with db.transaction():
+            row = await db.fetchone("SELECT p.price, c.tier FROM prices p JOIN customers c "
+                                    "ON c.id = ? WHERE p.sku = ?", (b["customer_id"], b["sku"]))
+            if row is None:
+                return _not_found("customer or sku")
+            await db.execute("UPDATE prices SET sold = sold + ? WHERE sku = ?",
+                             (b["qty"], b["sku"]))
+        return {"total": price_total(row[0], b["qty"], row[1])}
+
+    @inventory.post("/reserve")
+    async def reserve(request):
+        b = await request.json()
+        if not await m.db["inventory"].execute(
+                "UPDATE stock SET available = available - ? WHERE sku = ? AND available >= ?",
+                (b["qty"], b["sku"], b["qty"])):
+            return web.json_response({"error": "out of stock"}, status=409)
+        return {"reserved": b["qty"]}
+
+    @payment.post("/charge")
+    async def charge(request):                      # the receipt address: read customers too
+        b, db = await request.json(), m.db["payment"]
+        async with db.transaction():
+            row = await db.fetchone("SELECT email FROM customers WHERE id = ?",
+                                    (b["customer_id"],))
+            await db.execute("INSERT INTO payments (order_ref, customer_id, amount, receipt_to) "
+                             "VALUES (?, ?, ?, ?)", (b["order_ref"], b["customer_id"],
+                                                     b["amount"], row[0] if row else None))
+        return {"charged": b["amount"]}
+
+    return [customer, pricing, inventory, payment]
+
+
+def sync_order_service(m: DistributedMonolith) -> Service:
+    """The order service: four synchronous calls, one after another, then the order row."""
+    order = Service("order", label="Order Service", uses=DEPENDENCIES + ("shared_db",))
+
+    @order.post("/orders")
+    async def place(request):
+        b, db = await request.json(), m.db["order"]
+        async with db.transaction():
+            await db.execute("INSERT INTO orders (customer_id, sku, qty, status, created_at) "
+                             "VALUES (?, ?, ?, 'pending', ?)",
+                             (b["customer_id"], b["sku"], b["qty"], now()))
+            (oid,) = await db.fetchone("SELECT last_insert_rowid()")
+        try:                                        # every service must answer, in turn
+            await order.call("customer", "POST", f"/customers/{b['customer_id']}/orders")
+            quote = await order.call("pricing", "POST", "/quote", json=b)
+            await order.call("inventory", "POST", "/reserve", json=b)
+            await order.call("payment", "POST", "/charge", json={
+                "order_ref": f"order-{oid}", "customer_id": b["customer_id"],
+                "amount": quote["total"]})
+        except CallError:
+            await db.execute("UPDATE orders SET status = 'failed' WHERE id = ?", (oid,))
+            raise                                   # answered as 502: the whole order fails
+        await db.execute("UPDATE orders SET status = 'confirmed', total = ? WHERE id = ?",
+                         (quote["total"], oid))
+        return {"order_id": f"order-{oid}", "status": "confirmed", "total": quote["total"]}
+
+    return order
+
+
+# -- after: a database per service, events between them -------------------------------------------
+def owned_data_services(o: OwnedData) -> list[Service]:
+    """The order service accepts an order from its own data; the customer service's API."""
+    order = Service("order", label="Order Service", uses=("order_db",))
+    customer = Service("customer", label="Customer Service", uses=("customer_db",))
+    others = [Service(name, label=f"{name.title()} Service", uses=(f"{name}_db",))
+              for name in ("pricing", "inventory", "payment")]
+
+    @order.post("/orders")
+    async def place(request):
+        b, db = await request.json(), o.db["order"]
+        async with db.transaction():                # the order and its event: both or neither
+            cust = await db.fetchone("SELECT email, tier FROM customer_view WHERE id = ?",
+                                     (b["customer_id"],))
+            price = await db.fetchone("SELECT price FROM price_view WHERE sku = ?", (b["sku"],))
+            if cust is None or price is None:
+                return _not_found("customer or sku")
+            total = price_total(price[0], b["qty"], cust[1])
+            await db.execute("INSERT INTO orders (customer_id, sku, qty, total, status, "
+                             "created_at) VALUES (?, ?, ?, ?, 'accepted', ?)",
+                             (b["customer_id"], b["sku"], b["qty"], total, now()))
+            (oid,) = await db.fetchone("SELECT last_insert_rowid()")
+            event_id = await o.outbox["order"].emit("orders", f"customer-{b['customer_id']}", {
+                "order_id": f"order-{oid}", **b, "total": total, "receipt_to": cust[0]})
+            await db.execute("UPDATE orders SET event_id = ? WHERE id = ?", (event_id, oid))
+        return web.json_response({"order_id": f"order-{oid}", "status": "accepted",
+                                  "total": total}, status=202)
+
+    @customer.get(r"/customers/{id:\d+}")
+    async def get_customer(request):
+        cid = int(request.match_info["id"])
+        row = await o.db["customer"].fetchone(customer_sql(o.columns)["get"], (cid,))
+        return _customer(row) if row else _not_found(f"customer {cid}")
+
+    return [order, customer, *others]
+
+
+class OutOfStock(Exception):
+    pass
+
+
+def order_consumers(o: OwnedData) -> dict:
+    """What each service does with an ``OrderPlaced`` event, in its own database only."""
+    async def inventory(db: Database, event):
+        e = event.value
+        if not await db.execute("UPDATE stock SET available = available - ? "
+                                "WHERE sku = ? AND available >= ?",
+                                (e["qty"], e["sku"], e["qty"])):
+            raise OutOfStock(e["sku"])
+
+    async def payment(db: Database, event):
+        e = event.value
+        await db.execute("INSERT INTO payments (order_ref, customer_id, amount, receipt_to) "
+                         "VALUES (?, ?, ?, ?)", (e["order_id"], e["customer_id"], e["total"],
+                                                 e["receipt_to"]))
+
+    async def customer(db: Database, event):
+        await db.execute(customer_sql(o.columns)["count_order"], (event.value["customer_id"],))
+
+    async def pricing(db: Database, event):
+        await db.execute("UPDATE prices SET sold = sold + ? WHERE sku = ?",
+                         (event.value["qty"], event.value["sku"]))
+
+    return {"customer": customer, "pricing": pricing, "inventory": inventory,
+            "payment": payment}
+
+
+def replica_consumers() -> dict:
+    """The order service's copies of the customer and price data it decides with."""
+    async def customer_changed(db: Database, event):
+        c = event.value                             # the customer team's published contract
+        await db.execute("INSERT INTO customer_view (id, name, email, tier) VALUES (?, ?, ?, ?) "
+                         "ON CONFLICT (id) DO UPDATE SET name = excluded.name, "
+                         "email = excluded.email, tier = excluded.tier",
+                         (c["id"], c["name"], c["email"], c["tier"]))
+
+    async def price_changed(db: Database, event):
+        await db.execute("INSERT INTO price_view (sku, price) VALUES (?, ?) ON CONFLICT (sku) "
+                         "DO UPDATE SET price = excluded.price",
+                         (event.value["sku"], event.value["price"]))
+
+    return {"customers": customer_changed, "prices": price_changed}
+
+
+class TransientFailure(Exception):
+    """A consumer's injected failure (probability ``p``): the bus retries the event."""
+
+
+# -- the two designs as running systems -----------------------------------------------------------
+class _Design(Experiment):
+    """What both designs share: knobs, a workspace of SQLite files, a topology, a scope.
+
+    ``async with`` opens the databases, starts the services (and, after, the relays and
+    consumers); leaving it stops everything and deletes the databases, even on error.
+    """
+    prefix = "monolith"
+
+    def __init__(self, k: Knobs | None = None):
+        if k is not None and not isinstance(k, Knobs):
+            raise TypeError(f"k must be a monolith.Knobs or None; got {k!r}")
+        self.k = k or Knobs()
+        self.columns = {c: c for c in CUSTOMER_COLUMNS}   # the customer team's current names
+        self.db: dict[str, Database] = {}
+        super().__init__(Topology(*self._nodes(), name=f"monolith: {self.design}",
+                                  seed=self.k.seed))
+        for svc in self.topology.services.values():
+            if self.k.latency_ms:
+                svc.faults.add(Latency(self.k.latency_ms))
+            if self.k.p:
+                svc.faults.add(Error(self.k.p, 503))
+
+    def _nodes(self) -> list[Node]:
+        raise NotImplementedError
+
+    def _forget(self) -> None:
+        self.db.clear()                      # closed, with their folder, by the workspace
+
+    async def _open(self) -> None:
+        raise NotImplementedError
+
+    async def _load_data(self, db: Database, tables) -> None:
+        await db.executescript("\n".join(TABLES[t] for t in tables))
+        async with db.transaction():
+            if "customers" in tables:
+                await db.executemany("INSERT INTO customers (id, name, email, tier) "
+                                     "VALUES (?, ?, ?, ?)", customer_rows(self.k))
+            if "prices" in tables:
+                await db.executemany("INSERT INTO prices (sku, price) VALUES (?, ?)",
+                                     price_rows(self.k))
+            if "stock" in tables:
+                await db.executemany("INSERT INTO stock VALUES (?, ?)",
+                                     [(sku, STOCK) for sku, _ in price_rows(self.k)])
+
+    # -- what an experiment does ------------------------------------------------------------------
+    async def place_order(self, i: int, *, trace_id: str | None = None) -> dict:
+        """Send request ``i`` (see :func:`order_for`) to the order service; its answer."""
+        return await self.topology.call("order", "POST", "/orders", json=order_for(i, self.k),
+                                        trace_id=trace_id)
+
+    async def migrate(self, migration: Migration) -> None:
+        """Run the owner's migration on the owner's connection and deploy the owner's code."""
+        if not isinstance(migration, Migration):
+            raise TypeError(f"migration must be a monolith.Migration; got {migration!r}")
+        if self.columns[migration.column] != migration.column:
+            raise ValueError(f"migration must rename a column not renamed yet; "
+                             f"{migration.column!r} is now {self.columns[migration.column]!r}")
+        await self.db[migration.owner].execute(migration.sql)
+        self.columns[migration.column] = migration.new
+
+    async def down(self, service: str) -> None:
+        await self.topology.service(v.one_of("service", service, DEPENDENCIES)).down()
+
+    async def up(self, service: str) -> None:
+        await self.topology.service(v.one_of("service", service, DEPENDENCIES)).up()
+
+    async def outage(self, service: str, start_s: float, duration_s: float) -> tuple:
+        """Take ``service`` down ``start_s`` from now for ``duration_s``; (t_down, t_up)."""
+        v.one_of("service", service, DEPENDENCIES)
+        v.non_negative("start_s", start_s)
+        v.positive("duration_s", duration_s)
+        await asyncio.sleep(start_s)
+        t_down = now()
+        await self.down(service)
+        await asyncio.sleep(duration_s)
+        t_up = now()
+        await self.up(service)
+        return t_down, t_up
+
+    async def drain(self, timeout: float = 10.0) -> None:
+        """Wait until every accepted order has been processed everywhere (after only)."""
+
+
+class DistributedMonolith(_Design):
+    """Before: one shared SQLite file, four synchronous calls per order."""
+    design = "before"
+
+    def _nodes(self) -> list[Node]:
+        return [Node("client", "edge", label="Client", uses=("order",), shape="client"),
+                sync_order_service(self), *shared_db_services(self),
+                Store("shared_db", label="Shared Database (one SQLite file)")]
+
+    async def _open(self) -> None:
+        for name in SERVICES:                        # five connections, one file
+            self.db[name] = await self.ws.database("shared", owner=name)
+        await self._load_data(self.db["order"], SHARED_TABLES)
+
+    async def update_customer(self, customer_id: int, tier: str) -> None:
+        v.one_of("tier", tier, TIER_DISCOUNT)
+        await self.db["customer"].execute(customer_sql(self.columns)["set_tier"],
+                                          (tier, customer_id))
+
+    async def probe(self) -> dict:
+        """Ask each service to do its part of one order, directly: None if it worked, else
+        the error it answered with (its own, or the one it got from a service it called)."""
+        o = order_for(0, self.k)
+        calls = {"customer": ("POST", f"/customers/{o['customer_id']}/orders", None),
+                 "pricing": ("POST", "/quote", o),
+                 "inventory": ("POST", "/reserve", o),
+                 "payment": ("POST", "/charge", {"order_ref": "probe", "amount": 1.0,
+                                                 "customer_id": o["customer_id"]}),
+                 "order": ("POST", "/orders", o)}
+        result = {}
+        for service, (method, path, body) in calls.items():
+            reply = await self.topology.call(service, method, path, json=body, raw=True)
+            result[service] = None if reply.status < 400 else \
+                f"HTTP {reply.status}: {(reply.json() or {}).get('error', '')}"
+        return result
+
+
+class OwnedData(_Design):
+    """After: a database per service; the order service answers once its own transaction
+    commits, and the others catch up through the event bus."""
+    design = "after"
+
+    def __init__(self, k: Knobs | None = None):
+        super().__init__(k)
+        self.bus: EventBus | None = None
+        self.outbox: dict[str, Outbox] = {}
+        self.relays: dict = {}
+        self.groups: dict = {}              # service -> its consumer group on "orders"
+        self.consumers: dict[str, IdempotentConsumer] = {}
+        self.replicas: dict = {}            # topic -> the order service's group on it
+        self.attempts: Counter = Counter()  # (service, event id) -> deliveries
+        self.failures: Counter = Counter()  # service -> injected failures
+        self.last_error: dict[str, str] = {}
+
+    def _nodes(self) -> list[Node]:
+        topics = [Node("orders_topic", "control", label="orders topic", shape="queue",
+                       uses=DEPENDENCIES),
+                  Node("customers_topic", "control", label="customers topic", shape="queue",
+                       uses=("order",)),
+                  Node("prices_topic", "control", label="prices topic", shape="queue",
+                       uses=("order",))]
+        relay = {"order": "orders_topic", "customer": "customers_topic", "pricing": "prices_topic"}
+        stores = [Store(f"{s}_db", label=f"{s.title()} DB",
+                        uses=(relay[s],) if s in relay else ()) for s in SERVICES]
+        return [Node("client", "edge", label="Client", uses=("order",), shape="client"),
+                *owned_data_services(self), *stores, *topics]
+
+    async def _open(self) -> None:
+        for name in SERVICES:                        # five files, one owner each
+            self.db[name] = await self.ws.database(name)
+            await self._load_data(self.db[name], OWNS[name])
+        for name in ("order", "customer", "pricing"):
+            self.outbox[name] = await Outbox(self.db[name], source=name, clock=now).setup()
+        # The customer and pricing teams publish their data once, as events: the order
+        # service's copies are built from these, never from their tables.
+        async with self.db["customer"].transaction():
+            for cid, *_ in customer_rows(self.k):
+                await self._publish_customer(cid)
+        async with self.db["pricing"].transaction():
+            for sku, price in price_rows(self.k):
+                await self.outbox["pricing"].emit("prices", sku, {"sku": sku, "price": price})
+
+    async def _publish_customer(self, cid: int) -> None:
+        row = await self.db["customer"].fetchone(customer_sql(self.columns)["get"], (cid,))
+        await self.outbox["customer"].emit("customers", f"customer-{cid}", _customer(row))
+
+    async def _start(self, stack: AsyncExitStack) -> None:
+        k = self.k
+        self.bus = EventBus(clock=now)
+        for topic in ("orders", "customers", "prices"):
+            self.bus.create_topic(topic, partitions=k.partitions)
+        for name, interval in (("order", 0.01), ("customer", 0.05), ("pricing", 0.05)):
+            self.relays[name] = await stack.enter_async_context(
+                self.outbox[name].relay(self.bus, interval=interval))
+        for topic, work in replica_consumers().items():
+            consumer = await IdempotentConsumer(self.db["order"], f"order-{topic}", work,
+                                                clock=now).setup()
+            self.replicas[topic] = await stack.enter_async_context(
+                self.bus.consumer_group(topic, "order", consumer, retry_delay=k.retry_delay_s))
+        for name, work in order_consumers(self).items():
+            consumer = await IdempotentConsumer(self.db[name], name, work, clock=now).setup()
+            self.consumers[name] = consumer
+            self.groups[name] = await stack.enter_async_context(self.bus.consumer_group(
+                "orders", name, self._handler(name, consumer), retry_delay=k.retry_delay_s))
+        for name in ("customer", "pricing"):
+            await self.relays[name].wait_drained()
+        for group in self.replicas.values():
+            await group.wait_caught_up()
+
+    def _handler(self, service: str, consumer: IdempotentConsumer):
+        """The service at work on one event: ``latency_ms`` of work, a failure with
+        probability ``p`` (seeded by event and attempt, so a run replays), then the
+        idempotent consumer (the work and the event id in one local transaction)."""
+        k = self.k
+
+        async def handle(event):
+            self.attempts[service, event.event_id] += 1
+            attempt = self.attempts[service, event.event_id]
+            if k.latency_ms:
+                await asyncio.sleep(k.latency_ms / 1000)
+            if k.p and random.Random(f"{k.seed}|{service}|{event.event_id}|{attempt}"
+                                     ).random() < k.p:
+                self.failures[service] += 1
+                raise TransientFailure(f"{service} failed on {event.event_id} (try {attempt})")
+            try:
+                await consumer(event)
+            except Exception as e:
+                self.last_error[service] = f"{type(e).__name__}: {e}"
+                raise
+        return handle
+
+    async def update_customer(self, customer_id: int, tier: str) -> None:
+        """The customer team changes a customer and publishes it, in one transaction."""
+        v.one_of("tier", tier, TIER_DISCOUNT)
+        async with self.db["customer"].transaction():
+            await self.db["customer"].execute(customer_sql(self.columns)["set_tier"],
+                                              (tier, customer_id))
+            await self._publish_customer(customer_id)
+
+    async def down(self, service: str) -> None:
+        """The service stops: its HTTP server, and its consumer (a crash: no goodbye)."""
+        await super().down(service)
+        group = self.groups[service]
+        for consumer in list(group.consumers):
+            await group.crash(consumer)
+
+    async def up(self, service: str) -> None:
+        await super().up(service)
+        if not self.groups[service].consumers:
+            self.groups[service].add_consumer()   # resumes at the group's committed offset
+
+    async def drain(self, timeout: float = 10.0) -> None:
+        v.positive("timeout", timeout)
+        await self.relays["order"].wait_drained(timeout)
+        for group in self.groups.values():
+            await group.wait_caught_up(timeout)
+
+    async def probe(self, timeout: float = 2.0) -> dict:
+        """One order end to end, and one customer change: None per service that did its
+        part, else what went wrong."""
+        result = {s: None for s in SERVICES}
+        reply = await self.topology.call("customer", "GET", "/customers/1", raw=True)
+        if reply.status >= 400:
+            result["customer"] = f"HTTP {reply.status}: {(reply.json() or {}).get('error')}"
+        await self.update_customer(1, "gold")       # must reach the order service's copy
+        reply = await self.topology.call("order", "POST", "/orders", json=order_for(0, self.k),
+                                         raw=True)
+        if reply.status >= 400:
+            result["order"] = f"HTTP {reply.status}: {(reply.json() or {}).get('error')}"
+        await self.relays["customer"].wait_drained(timeout)
+        await self.relays["order"].wait_drained(timeout)
+        for name, group in [*self.groups.items(), ("order", self.replicas["customers"])]:
+            try:
+                await group.wait_caught_up(timeout)
+            except TimeoutError:
+                result[name] = f"stuck: {self.last_error.get(name, 'events not processed')}"
+        seen = await self.db["order"].fetchone("SELECT tier FROM customer_view WHERE id = 1")
+        if result["order"] is None and seen != ("gold",):
+            result["order"] = f"its copy of customer 1 says {seen}, not 'gold'"
+        return result
+
+    async def reconcile(self) -> pd.DataFrame:
+        """No order lost? Per consumer: the orders the order service accepted, the events the
+        consumer processed, and its business effect, all read from the databases."""
+        (n, units, amount) = await self.db["order"].fetchone(
+            "SELECT COUNT(*), COALESCE(SUM(qty), 0), COALESCE(SUM(total), 0) FROM orders")
+        effects = {
+            "customer": ("SELECT COALESCE(SUM(orders_placed), 0) FROM customers", n),
+            "pricing": ("SELECT COALESCE(SUM(sold), 0) FROM prices", units),
+            "inventory": (f"SELECT {STOCK} * COUNT(*) - SUM(available) FROM stock", units),
+            "payment": ("SELECT COALESCE(ROUND(SUM(amount), 2), 0) FROM payments",
+                        round(amount, 2)),
+        }
+        rows = []
+        for name, (sql, expected) in effects.items():
+            db = self.db[name]
+            (processed,) = await db.fetchone(
+                "SELECT COUNT(*) FROM processed_events WHERE consumer = ?", (name,))
+            (effect,) = await db.fetchone(sql)
+            rows.append({"service": name, "orders accepted": n, "events processed": processed,
+                         "not processed": n - processed, "effect": effect,
+                         "effect expected": expected,
+                         "duplicates dropped": self.consumers[name].stats["duplicates"]})
+        return pd.DataFrame(rows).set_index("service")
+
+    async def completion(self) -> pd.DataFrame:
+        """Per order: when it was accepted and when each consumer had processed it (seconds
+        on :func:`toylib.core.clock.now`); ``done_at`` is the last of them."""
+        df = await self.db["order"].dataframe(
+            "SELECT 'order-' || id AS order_id, event_id, created_at FROM orders ORDER BY id")
+        for name in DEPENDENCIES:
+            done = await self.db[name].dataframe(
+                "SELECT event_id, processed_at AS done FROM processed_events WHERE consumer = ?",
+                (name,))
+            df = df.merge(done.rename(columns={"done": f"{name}_at"}), on="event_id", how="left")
+        df["done_at"] = df[[f"{n}_at" for n in DEPENDENCIES]].max(axis=1, skipna=False)
+        return df
+
+
+def before(k: Knobs | None = None) -> DistributedMonolith:
+    return DistributedMonolith(k)
+
+
+def after(k: Knobs | None = None) -> OwnedData:
+    return OwnedData(k)
+
+
+DESIGNS = {"before": before, "after": after}
+
+
+# -- the analytic figures -------------------------------------------------------------------------
+def ideal(k: Knobs) -> dict:
+    """What the injected delays and failure probabilities alone would give."""
+    d, p, hops = k.latency_ms, k.p, len(SERVICES)
+    return {"latency_before_ms": hops * d,          # the order's own work, then 4 calls in turn
+            "accept_after_ms": d,                   # the order's own work only
+            "completion_after_ms": 2 * d,           # then the 4 consumers, in parallel
+            "success_before": (1 - p) ** hops,      # every service must succeed
+            "accept_after": 1 - p,                  # only the order service must
+            "processed_after": 1.0}                 # consumers retry until they succeed
+
+
+# -- the chapter's experiments --------------------------------------------------------------------
+def _design(design: str):
+    return DESIGNS[v.one_of("design", design, DESIGNS)]
+
+
+async def order_latencies(system: _Design, n: int, *, first: int = 0,
+                          label: str = "") -> load.LoadResult:
+    """``n`` orders one after another. The result's ``latency_ms`` is the time to the answer;
+    after, ``completion_ms`` adds the time until every consumer had processed the order."""
+    v.positive("n", n, integer=True)
+    v.non_negative("first", first, integer=True)
+
+    async def one(i):
+        t_sent = now()
+        answer = await system.place_order(first + i)
+        return {"order_id": answer["order_id"], "t_sent": t_sent}
+
+    result = await load.sequential(one, n=n, label=label or system.design, progress=False)
+    if isinstance(system, OwnedData):
+        await system.drain()
+        done = (await system.completion()).set_index("order_id")["done_at"]
+        df = result.df
+        df["completion_ms"] = (df["order_id"].map(done) - df["t_sent"]) * 1000
+    return result
+
+
+async def availability(design: str, k: Knobs, *, n: int = 200, down: str | None = None,
+                       concurrency: int = 10) -> dict:
+    """``n`` orders with ``down`` (a dependency) down throughout, or with failure probability
+    ``k.p`` per piece of work. Before: the share of orders confirmed. After: the share
+    accepted, and (after the service is back) the share processed by every consumer."""
+    build = _design(design)
+    if down is not None:
+        v.one_of("down", down, DEPENDENCIES)
+    async with build(k) as system:
+        if down:
+            await system.down(down)
+        res = await load.closed_loop(
+            lambda i: system.place_order(i, trace_id=f"order-{i}"), n=n,
+            concurrency=concurrency, progress=False, label=design)
+        out = {"design": design, "down": down or "", "p": k.p, "orders": n,
+               "answered ok": float(res.df["ok"].mean())}
+        if isinstance(system, OwnedData):
+            if down:
+                await system.up(down)
+            await system.drain()
+            rec = await system.reconcile()
+            accepted = int(rec["orders accepted"].iloc[0])
+            out["accepted orders processed everywhere"] = (
+                float(rec["events processed"].min()) / accepted if accepted else float("nan"))
+            out["not processed"] = int(rec["not processed"].max())
+    return out
+
+
+async def blast_radius(design: str, migration: Migration, k: Knobs | None = None
+                       ) -> pd.DataFrame:
+    """Probe every service, run the customer team's ``migration``, probe again.
+
+    One row per service: the error after the migration (None if it still works), whether it
+    broke, and how: its *own* query failed with SQLite's error, or a service it calls did.
+    """
+    build = _design(design)
+    if not isinstance(migration, Migration):
+        raise TypeError(f"migration must be a monolith.Migration; got {migration!r}")
+    k = k or Knobs(latency_ms=0)
+    async with build(k) as system:
+        healthy = await system.probe()
+        await system.migrate(migration)
+        broken = await system.probe()
+    rows = []
+    for service in SERVICES:
+        err = broken[service]
+        rows.append({"service": service, "worked before": healthy[service] is None,
+                     "broken": healthy[service] is None and err is not None,
+                     "how": "" if err is None else
+                     ("a service it calls failed" if err.startswith("HTTP 502")
+                      else "its own query"),
+                     "error": err or ""})
+    return pd.DataFrame(rows).set_index("service")
+
+
+@dataclass
+class OutageRun:
+    """One design through one outage; every time in seconds since the load started."""
+    design: str
+    service: str
+    load: load.LoadResult
+    window: tuple                     # (down, up)
+    lag: pd.DataFrame | None = None   # after: t, group, lag (events waiting, all partitions)
+    drained_s: float | None = None    # after: from the service's return to its lag at 0
+    reconcile: pd.DataFrame | None = None
+
+    @property
+    def answered_ok(self) -> float:
+        return float(self.load.df["ok"].mean())
+
+
+async def outage_run(design: str, k: Knobs | None = None, *, service: str = "payment",
+                     start_s: float = 1.0, duration_s: float = 1.5, rate: float = 20.0,
+                     seconds: float = 4.0, drain_timeout: float = 20.0) -> OutageRun:
+    """Orders arrive at ``rate`` per second for ``seconds`` (open loop); ``service`` is down
+    from ``start_s`` for ``duration_s``. After, the run then waits up to ``drain_timeout``
+    seconds for the consumers to catch up: a consumer slower than the arrivals never does,
+    and its ``drained_s`` is NaN (its events are still queued, not lost)."""
+    build = _design(design)
+    v.one_of("service", service, DEPENDENCIES)
+    v.positive("rate", rate)
+    v.number("seconds", seconds, low=0.5, high=30)
+    v.non_negative("start_s", start_s)
+    v.positive("duration_s", duration_s)
+    v.positive("drain_timeout", drain_timeout)
+    if start_s + duration_s > seconds:
+        raise ValueError(f"duration_s must end the outage within the run: start_s + duration_s "
+                         f"<= seconds ({seconds}); got {duration_s!r}")
+    k = k or Knobs(latency_ms=20)
+    async with build(k) as system:
+        monitor = system.bus.lag_monitor(0.02) if isinstance(system, OwnedData) else nullcontext()
+        async with monitor:
+            t0 = now()
+            outage = system.topology.spawn(system.outage(service, start_s, duration_s))
+            res = await load.open_loop(lambda i: system.place_order(i), rate=rate,
+                                       n=max(1, round(rate * seconds)), max_seconds=seconds + 5,
+                                       progress=False, label=design)
+            t_down, t_up = await outage
+            try:
+                await system.drain(drain_timeout)
+            except TimeoutError:
+                pass                         # reported below: drained_s is NaN
+        run = OutageRun(design, service, res, (t_down - t0, t_up - t0))
+        if isinstance(system, OwnedData):
+            hist = system.bus.lag_history()
+            hist = hist[hist.topic == "orders"]
+            lag = hist.groupby(["t", "group"], as_index=False)["lag"].sum()
+            lag["t"] = lag["t"] + system.bus.t0 - t0
+            run.lag = lag
+            mine = lag[(lag.group == service) & (lag.t >= run.window[1]) & (lag.lag == 0)]
+            run.drained_s = float(mine.t.min() - run.window[1]) if len(mine) else float("nan")
+            run.reconcile = await system.reconcile()
+    return run
+
+
+def outage_figure(runs: dict, bin_s: float = 0.25):
+    """Top: orders answered OK per ``bin_s`` in each design. Bottom: the after design's lag
+    per consumer group. The outage window is shaded in both."""
+    import matplotlib.pyplot as plt
+    from toylib.present import plots
+
+    fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(7.5, 5), layout="constrained")
+    window = next(iter(runs.values())).window
+    for ax in (top, bottom):
+        ax.axvspan(*window, color=plots.BEFORE, alpha=0.12, label="service down")
+    for design, run in runs.items():
+        df = run.load.df
+        t = df["due"] / 1000
+        bins = (t // bin_s) * bin_s
+        ok = df[df["ok"]].groupby(bins[df["ok"]]).size().reindex(
+            sorted(bins.unique()), fill_value=0)
+        x = list(ok.index) + [ok.index[-1] + bin_s]          # the last bin drawn to its end
+        y = list(ok.values / bin_s) + [ok.values[-1] / bin_s]
+        top.step(x, y, where="post", label=f"{design}: answered OK",
+                 color=plots.BEFORE if design == "before" else plots.AFTER)
+    top.set_ylabel("orders OK per second\n(by arrival time)")
+    top.set_title(f"{next(iter(runs.values())).service} down: what the clients see")
+    top.legend(fontsize=8, loc="lower left")
+    after = runs.get("after")
+    if after is not None and after.lag is not None:
+        for j, (group, g) in enumerate(after.lag.groupby("group")):
+            bottom.plot(g.t, g.lag, label=group, color=plots.PALETTE[(j + 2) % len(plots.PALETTE)]
+                        if group != after.service else plots.BEFORE, lw=2 if
+                        group == after.service else 1)
+        bottom.set_ylabel("events waiting (lag)")
+        bottom.set_title("after: queue lag per consumer group")
+        bottom.legend(fontsize=8, ncol=3)
+    bottom.set_xlabel("seconds since the first order")
+    return fig
