@@ -24,8 +24,10 @@ build/vendor/.stamp: package.json package-lock.json scripts/vendor_assets.sh
 	scripts/vendor_assets.sh build/vendor
 	touch $@
 
+# A failed run is never published: scripts/build_book.py refuses the site (and exits 1) when any
+# notebook failed or any page shows a traceback, and adds the execution-status page.
 book: setup
-	$(BIN)/jupyter-book build . -W -n --keep-going
+	$(BIN)/python scripts/build_book.py
 	@echo
 	@echo "Built. To read it: make serve   (then open http://127.0.0.1:8000/)"
 

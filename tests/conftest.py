@@ -44,7 +44,7 @@ async def leakcheck():
 
 
 # -- the built book ---------------------------------------------------------------------------
-# One `jupyter-book build . -W -n --keep-going` per test session (as `make book` runs it), shared
+# One `scripts/build_book.py` per test session (as `make book` runs it), shared
 # by tests/test_book.py (which reads its output for warnings) and tests/test_site.py (which
 # opens the pages in a browser). Notebooks come from the jupyter-cache when their code has not
 # changed, so on a warm cache the build takes seconds.
@@ -60,8 +60,7 @@ def book_build() -> subprocess.CompletedProcess:
     if not (BOOK_VENDOR / "mermaid" / "mermaid.esm.min.mjs").exists():
         pytest.fail("build/vendor is missing: run `make vendor` (or `make test`) first")
     return subprocess.run(
-        [str(Path(sys.executable).parent / "jupyter-book"), "build", ".", "-W", "-n",
-         "--keep-going"],
+        [sys.executable, str(BOOK_ROOT / "scripts" / "build_book.py")],
         cwd=BOOK_ROOT, capture_output=True, text=True, timeout=BOOK_BUILD_TIMEOUT_S,
         stdin=subprocess.DEVNULL,
     )

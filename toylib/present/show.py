@@ -3,12 +3,15 @@ that runs never drift apart), and how busy the reader's machine is before it mea
 from __future__ import annotations
 
 import inspect
+import json
+import os
 import textwrap
+import time
 from pathlib import Path
 
 from IPython.display import Markdown
 
-from toylib.core.calibrate import LoopLag, loop_lag
+from toylib.core.calibrate import LoopLag, loop_lag, stalls_from_env
 
 ROOT = Path(__file__).resolve().parents[2]     # the repository (or site-packages) root
 
@@ -28,6 +31,22 @@ def source(*objs) -> Markdown:
     return Markdown("\n".join(parts))
 
 
+_STALLS = None
+
+
+def record(lag: LoopLag) -> None:
+    """Append the lag to ``$TOYLIB_STATUS_DIR/lag.jsonl`` when the book build asks for it
+    (scripts/build_book.py puts the lags on the site's execution-status page)."""
+    folder = os.environ.get("TOYLIB_STATUS_DIR", "").strip()
+    if not folder:
+        return
+    os.makedirs(folder, exist_ok=True)
+    row = {"time": time.time(), "n": lag.n, "p50_ms": lag.p50_ms, "p99_ms": lag.p99_ms,
+           "max_ms": lag.max_ms, "busy": lag.busy, "pid": os.getpid()}
+    with open(os.path.join(folder, "lag.jsonl"), "a", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")
+
+
 async def machine_check(seconds: float = 0.25) -> tuple[LoopLag, Markdown]:
     """Measure the event loop's lag now; return it and a note for the page.
 
@@ -35,6 +54,10 @@ async def machine_check(seconds: float = 0.25) -> tuple[LoopLag, Markdown]:
     page (and the chapter's verdicts widen their intervals) rather than a silently wrong result.
     """
     lag = await loop_lag(seconds)
+    record(lag)
+    global _STALLS
+    if _STALLS is None:      # the stress check's injected event-loop stalls (make stress)
+        _STALLS = stalls_from_env()
     warning = lag.warning()
     if warning:
         return lag, Markdown(f"```{{warning}}\n{warning}\n```\n")
