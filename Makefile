@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 HTML   := _build/html
 
 # `book/` is a folder, so every target is phony or `make book` would say "up to date".
-.PHONY: setup book test test-fast bench serve lab clean vendor clean-notebooks
+.PHONY: setup book test test-fast bench serve lab clean vendor clean-notebooks stress
 
 setup: $(STAMP) vendor
 
@@ -44,6 +44,10 @@ test: setup
 # and the notebooks (nbval); `make test` runs everything.
 test-fast: setup
 	$(BIN)/python -m pytest -m "not book and not browser" tests/
+
+# Verdicts and lab grades under a bursty load beside fresh builds (an hour or more; not in `make test`).
+stress: setup vendor
+	$(BIN)/python scripts/stress.py --runs 5 --lab-runs 10
 
 bench: setup
 	$(BIN)/python scripts/bench.py

@@ -1,0 +1,158 @@
+"""The stress check (`make stress`): do verdicts and lab grades survive a busy machine?
+
+It builds the book from scratch (every notebook executed, in a scratch copy of the repository)
+once on a quiet machine, then ``--runs`` more times while a realistic, bursty load runs beside
+it, and compares each run's verdicts (``audit.json``, written by chapter 7) with the quiet
+build's. Under load it also runs every lab's reference solution ``--lab-runs`` times. The load
+is what failed builds before: programs starting up in a loop, a headless browser rendering
+pages, a second run of the course's own notebooks, a package install, and the event-loop stalls
+that ``TOYLIB_STALLS`` injects into every chapter's kernel (see toylib.core.calibrate).
+
+    python scripts/stress.py --runs 5 --lab-runs 10       # make stress
+    python scripts/stress.py --runs 1 --lab-runs 2 --no-quiet   # a quick look
+
+The summary (runs, failures, verdicts that differed from the quiet build) is printed and
+written to build/stress/report.json. It is not part of `make test`: it takes an hour or more.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+BIN = Path(PY).parent
+REPORT = ROOT / "build" / "stress" / "report.json"
+STALLS = "p=0.05,ms=40,seed=1"
+COPY_IGNORE = shutil.ignore_patterns(".venv", "_build", ".git", "node_modules", "test-artifacts",
+                                     ".hypothesis", "__pycache__", ".jupyter_cache")
+
+
+def scratch_copy() -> Path:
+    """A copy of the repository to build in, sharing build/vendor (the web assets)."""
+    dst = Path(tempfile.mkdtemp(prefix="stress-book-"))
+    shutil.copytree(ROOT, dst / "repo", ignore=COPY_IGNORE)
+    return dst / "repo"
+
+
+def build(where: Path, *, stalls: bool) -> tuple[bool, float, dict, str]:
+    env = dict(os.environ)
+    if stalls:
+        env["TOYLIB_STALLS"] = STALLS
+    t0 = time.monotonic()
+    proc = subprocess.run([PY, str(where / "scripts" / "build_book.py")], cwd=where, env=env,
+                          capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    took = time.monotonic() - t0
+    audit = where / "_build" / "html" / "audit.json"
+    verdicts = {r["id"]: r["verdict"] for r in json.loads(audit.read_text())} \
+        if proc.returncode == 0 and audit.is_file() else {}
+    return proc.returncode == 0, took, verdicts, (proc.stdout + proc.stderr)[-3000:]
+
+
+@contextlib.contextmanager
+def bursty_load(site: Path | None):
+    """Start the load beside a build; stop all of it when the block ends."""
+    loops = [
+        # programs starting up: interpreter + heavy imports, again and again
+        f"while :; do {PY} -c 'import pandas, matplotlib.pyplot, aiohttp' ; sleep 0.2; done",
+        # a package install, again and again (into a throwaway venv, from the local tree)
+        f"while :; do d=$(mktemp -d); {PY} -m venv $d/v && $d/v/bin/pip install -q --no-deps "
+        f"--no-build-isolation -e {ROOT} >/dev/null 2>&1; rm -rf $d; done",
+        # a second run of the course's own notebooks
+        f"while :; do {PY} -m pytest -q -p no:cacheprovider {ROOT}/chapters/ch02_chatty.ipynb "
+        f">/dev/null 2>&1; done",
+    ]
+    chromium = shutil.which("chromium")
+    if chromium and site is not None and (site / "index.html").is_file():
+        pages = " ".join(str(p) for p in sorted(site.rglob("*.html"))[:10])
+        loops.append(f"while :; do for p in {pages}; do timeout 20 {chromium} --headless "
+                     f"--no-sandbox --disable-gpu --disable-background-networking "
+                     f"--user-data-dir=$(mktemp -d) --dump-dom file://$p >/dev/null 2>&1; "
+                     f"done; done")
+    procs = [subprocess.Popen(["bash", "-c", cmd], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+             for cmd in loops]
+    try:
+        yield len(procs)
+    finally:
+        for p in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, 15)
+        for p in procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(timeout=10)
+
+
+def lab_references(runs: int) -> dict:
+    """Each lab's reference (and alternative) solution tests, ``runs`` times under load."""
+    passed = failed = 0
+    for _ in range(runs):
+        proc = subprocess.run([PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k",
+                               "reference or alternative or correct",
+                               *sorted(str(p) for p in (ROOT / "tests").glob("test_lab_*.py"))],
+                              cwd=ROOT, capture_output=True, text=True,
+                              env=dict(os.environ, TOYLIB_STALLS=STALLS))
+        passed += proc.returncode == 0
+        failed += proc.returncode != 0
+    return {"runs": runs, "passed": passed, "failed": failed}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--runs", type=int, default=5, help="builds under load (default 5)")
+    ap.add_argument("--lab-runs", type=int, default=10, help="lab reference runs under load")
+    ap.add_argument("--no-quiet", action="store_true",
+                    help="skip the quiet build; compare with the main tree's _build/html/audit.json")
+    args = ap.parse_args(argv)
+    if not 0 <= args.runs <= 50 or not 0 <= args.lab_runs <= 100:
+        ap.error("--runs must be 0..50 and --lab-runs 0..100")
+    report: dict = {"runs": [], "stalls": STALLS}
+    if args.no_quiet:
+        base_file = ROOT / "_build" / "html" / "audit.json"
+        quiet = {r["id"]: r["verdict"] for r in json.loads(base_file.read_text())} \
+            if base_file.is_file() else {}
+    else:
+        where = scratch_copy()
+        ok, took, quiet, tail = build(where, stalls=False)
+        report["quiet"] = {"ok": ok, "seconds": round(took), "verdicts": quiet}
+        print(f"quiet build: {'ok' if ok else 'FAILED'} in {took:.0f} s, {len(quiet)} verdicts",
+              flush=True)
+        if not ok:
+            print(tail)
+        shutil.rmtree(where.parent, ignore_errors=True)
+    site = ROOT / "_build" / "html"
+    for i in range(args.runs):
+        where = scratch_copy()
+        with bursty_load(site) as n:
+            ok, took, verdicts, tail = build(where, stalls=True)
+        flipped = sorted(k for k in quiet if k in verdicts and verdicts[k] != quiet[k])
+        report["runs"].append({"ok": ok, "seconds": round(took), "flipped": flipped,
+                               "verdicts": verdicts, "load_processes": n})
+        print(f"run {i + 1}/{args.runs} under load: {'ok' if ok else 'FAILED'} in {took:.0f} s; "
+              f"{len(flipped)} verdicts differ from the quiet build {flipped}", flush=True)
+        if not ok:
+            print(tail)
+        shutil.rmtree(where.parent, ignore_errors=True)
+    if args.lab_runs:
+        with bursty_load(site):
+            report["labs"] = lab_references(args.lab_runs)
+        print(f"lab references under load: {report['labs']}")
+    REPORT.parent.mkdir(parents=True, exist_ok=True)
+    REPORT.write_text(json.dumps(report, indent=1))
+    failures = sum(not r["ok"] for r in report["runs"])
+    flips = sum(len(r["flipped"]) for r in report["runs"])
+    print(f"\nstress: {args.runs} builds under load, {failures} failed, {flips} verdicts flipped; "
+          f"report in build/stress/report.json")
+    return 1 if failures or flips or report.get("labs", {}).get("failed") else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
