@@ -22,12 +22,19 @@ class Deadline:
     """An instant on the local monotonic clock by which the work must be done."""
 
     def __init__(self, at: float, clock=time.monotonic):
-        self.at = at
+        # A NaN instant would pass every comparison and reach the event loop's timer heap,
+        # where it delays every other task's timers too; infinity overflows asyncio's timers.
+        self.at = v.number("at", at, finite=True)
+        if not callable(clock):
+            raise TypeError(f"clock must be a callable returning seconds; got {clock!r}")
         self.clock = clock
 
     @classmethod
     def after(cls, seconds: float, clock=time.monotonic) -> Deadline:
-        v.positive("seconds", seconds)
+        """A deadline ``seconds`` from now (finite, at most a day)."""
+        v.seconds("seconds", seconds)
+        if not callable(clock):
+            raise TypeError(f"clock must be a callable returning seconds; got {clock!r}")
         return cls(clock() + seconds, clock)
 
     def remaining(self) -> float:
@@ -46,7 +53,10 @@ class Deadline:
             ms = float(value)
         except (TypeError, ValueError):
             raise ValueError(f"{HEADER} must be a number of milliseconds; got {value!r}") from None
-        v.non_negative(HEADER, ms)
+        try:   # NaN parses as a float; it is as malformed as any other bad header
+            v.number(HEADER, ms, low=0, high=v.MAX_SECONDS * 1000.0)
+        except TypeError as e:
+            raise ValueError(str(e)) from None
         return cls(clock() + ms / 1000.0, clock)
 
     def __repr__(self) -> str:
@@ -61,6 +71,8 @@ def current() -> Deadline | None:
 @contextmanager
 def scope(deadline: Deadline | None):
     """Run the block under ``deadline``: calls made inside inherit it. A tighter outer one wins."""
+    if deadline is not None and not isinstance(deadline, Deadline):
+        raise TypeError(f"deadline must be a Deadline or None; got {deadline!r}")
     outer = _current.get()
     if deadline is not None and outer is not None and outer.at < deadline.at:
         deadline = outer

@@ -18,11 +18,14 @@ from __future__ import annotations
 
 import asyncio
 import json as jsonlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 from aiohttp import web
+from aiohttp import web_app
+from yarl import URL
 
 from toylib.core import validate as v
 from toylib.core import deadline as dl
@@ -34,6 +37,54 @@ PLANES = ("edge", "service", "state", "control")
 HOST = "127.0.0.1"          # never anything else: the toys must not be reachable from outside
 ROUTE_HEADER = "X-Toy-Route"
 CLIENT = "client"           # the caller name of calls made from outside every service
+METHODS = ("GET", "POST", "PUT", "DELETE", "PATCH")
+MAX_PATH = 4096             # characters; aiohttp's server refuses request lines over 8190 bytes
+MAX_POOL = 10_000           # connections one service's client may keep open
+
+
+class UnknownService(KeyError, ValueError):
+    """A name that is not a service (or node) of the topology.
+
+    Both a KeyError (``topo["x"]`` is a lookup) and a ValueError (a bad argument), so code
+    catching either keeps working; the message names the parameter and the known names.
+    """
+
+    def __str__(self) -> str:      # KeyError would print the message inside quotes
+        return str(self.args[0]) if self.args else ""
+
+
+def check_path(path) -> str:
+    """``path`` (with an optional ``?query``) must be a path on the callee, nothing more.
+
+    A call addresses a service by name; the path must not be able to change where the request
+    goes. ``"@127.0.0.1:8081/x"`` appended to ``http://127.0.0.1:8080`` would make the first
+    address a user name and send the call to port 8081; ``"//example.com/"``, a scheme, a
+    backslash (which some parsers read as a slash), a fragment or a control character (which
+    could split the request line) are refused for the same reason.
+    """
+    if not isinstance(path, str):
+        raise TypeError(f"path must be a string starting with '/'; got {path!r}")
+    shown = repr(path) if len(path) <= 80 else repr(path[:77]) + "..."
+    if not path.startswith("/") or path.startswith("//"):
+        raise ValueError(f"path must start with a single '/' (a path on the callee, not a URL "
+                         f"or an address); got {shown}")
+    if len(path) > MAX_PATH:
+        raise ValueError(f"path must be at most {MAX_PATH} characters; got {len(path)}")
+    bad = next((c for c in path if c in "\\#" or ord(c) < 0x20 or ord(c) == 0x7F), None)
+    if bad is not None:
+        raise ValueError(f"path must not contain {bad!r} (backslash, '#' and control characters "
+                         f"could change where the request goes); got {shown}")
+    return path
+
+
+def _header_text(param: str, value, *, limit: int = 1000) -> str:
+    """A header name or value: a non-empty string of printable characters, no line breaks."""
+    if not isinstance(value, str) or not value or len(value) > limit or \
+            any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
+        raise ValueError(f"{param} must be a non-empty string of at most {limit} printable "
+                         f"characters without line breaks; got {shown}")
+    return value
 
 
 class CallError(Exception):
@@ -92,9 +143,9 @@ class Service(Node):
                  when_full: str = "wait", pool_size: int = 100):
         super().__init__(name, plane, label, uses, "box")
         self.max_concurrency = v.optional(v.positive, "max_concurrency", max_concurrency,
-                                          integer=True)
+                                          integer=True, high=v.MAX_WORKERS)
         self.when_full = v.one_of("when_full", when_full, ("wait", "reject"))
-        self.pool_size = v.positive("pool_size", pool_size, integer=True)
+        self.pool_size = v.positive("pool_size", pool_size, integer=True, high=MAX_POOL)
         self.routes: list[tuple[str, str, Any]] = []
         self.faults = Faults(name)
         self.topology: Topology | None = None
@@ -115,9 +166,9 @@ class Service(Node):
 
         A handler may return a dict or list (sent as JSON), a str (text) or a ``web.Response``.
         """
-        v.one_of("method", method, ("GET", "POST", "PUT", "DELETE", "PATCH"))
-        if not isinstance(path, str) or not path.startswith("/"):
-            raise ValueError(f"path must start with '/'; got {path!r}")
+        v.one_of("method", method, METHODS)
+        if not isinstance(path, str) or not path.startswith("/"):   # a pattern: regexes allowed
+            raise ValueError(f"path must be a route pattern starting with '/'; got {path!r}")
         if self._runner is not None:
             raise RuntimeError(f"service {self.name!r} is running; add routes before starting it")
 
@@ -281,6 +332,7 @@ class Service(Node):
                 await self._runner.cleanup()
             self._runner, self._site, self.port, self._down = None, None, None, False
             self.topology = None
+            _forget_middleware_chains()
 
 
 @dataclass
@@ -305,7 +357,7 @@ class Topology:
         self.name = name
         self.nodes: dict[str, Node] = {}
         self.tracer = tr.Tracer()
-        self.seed = v.number("seed", seed, integer=True)
+        self.seed = v.seed("seed", seed)
         self._client_session: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task] = set()
         self._running = False
@@ -329,15 +381,20 @@ class Topology:
         return {k: n for k, n in self.nodes.items() if isinstance(n, Service)}
 
     def __getitem__(self, name: str) -> Node:
-        if name not in self.nodes:
-            raise KeyError(f"service must be one of {', '.join(map(repr, self.nodes))}; "
-                           f"got {name!r}")
+        return self._node("service", name)
+
+    def _node(self, param: str, name) -> Node:
+        if not isinstance(name, str) or name not in self.nodes:
+            known = ", ".join(map(repr, self.nodes)) or "none"
+            raise UnknownService(f"{param} must be the name of a service of this topology "
+                                 f"({known}); got {name!r}")
         return self.nodes[name]
 
-    def service(self, name: str) -> Service:
-        node = self[name]
+    def service(self, name: str, *, param: str = "service") -> Service:
+        node = self._node(param, name)
         if not isinstance(node, Service):
-            raise ValueError(f"{name!r} is a store in this topology, not a service")
+            raise ValueError(f"{param} must be a service; {name!r} is a store in this topology "
+                             f"(services: {', '.join(map(repr, self.services))})")
         return node
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -412,11 +469,14 @@ class Topology:
         """
         if not self._running:
             raise RuntimeError(f"topology {self.name!r} is not running; use 'async with'")
-        svc = self.service(target)
-        v.one_of("method", method, ("GET", "POST", "PUT", "DELETE", "PATCH"))
-        v.optional(v.positive, "timeout", timeout)
-        v.optional(v.positive, "connect_timeout", connect_timeout)
-        session = self._client_session if caller == CLIENT else self.service(caller)._session
+        svc = self.service(target, param="target")
+        v.one_of("method", method, METHODS)
+        check_path(path)
+        v.optional(v.seconds, "timeout", timeout)
+        v.optional(v.seconds, "connect_timeout", connect_timeout)
+        _check_call_extras(json, params, trace_id, headers, raw)
+        session = (self._client_session if caller == CLIENT
+                   else self.service(caller, param="caller")._session)
         if session is None:
             raise RuntimeError(f"service {caller!r} is not running")
 
@@ -445,7 +505,7 @@ class Topology:
         route, resp_body, resp_headers, wire = path, b"", {}, 0
         try:
             async with session.request(
-                    method, svc.url + path, data=body or None, params=params, headers=hdrs,
+                    method, _url(svc, path), data=body or None, params=params, headers=hdrs,
                     timeout=aiohttp.ClientTimeout(total=timeout, connect=connect_timeout)) as r:
                 resp_body = await r.read()
                 status, route, resp_headers = r.status, r.headers.get(ROUTE_HEADER, path), \
@@ -503,6 +563,57 @@ async def gather_or_cancel(*aws):
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         raise
+
+
+def _forget_middleware_chains() -> None:
+    """Drop aiohttp's cache of built middleware chains, so a stopped service can be collected.
+
+    aiohttp (3.9 and later) memoises each (handler, app) pair's middleware chain in a
+    module-level LRU of 1,024 entries; every entry holds the handler and the app, and through
+    them the Service, its routes and whatever its handlers close over, until 1,024 newer
+    entries push it out. Rerunning an experiment in one kernel then keeps every run's services
+    alive. Clearing it costs the services still running one rebuild of a chain (a few
+    microseconds) on their next request. Nothing to do if a later aiohttp drops the cache.
+    """
+    cache = getattr(web_app, "_cached_build_middleware", None)
+    if callable(getattr(cache, "cache_clear", None)):
+        cache.cache_clear()
+
+
+def _url(svc: Service, path: str) -> URL:
+    """The callee's URL for ``path``: host and port come from the service, never from the path."""
+    path, _, query = path.partition("?")
+    url = URL.build(scheme="http", host=HOST, port=svc.port, path=path, query_string=query)
+    if url.host != HOST or url.port != svc.port:     # cannot happen after check_path; kept so
+        raise ValueError(f"path must stay on {svc.name!r}; got {path!r}")  # it never can
+    return url
+
+
+def _check_call_extras(json, params, trace_id, headers, raw) -> None:
+    """The optional arguments of a call, checked before anything is sent."""
+    if json is not None:
+        try:
+            jsonlib.dumps(json)
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"json must be JSON-serialisable (dict, list, str, number, bool, "
+                            f"None); got {type(json).__name__}: {e}") from None
+    if params is not None:
+        if not isinstance(params, Mapping):
+            raise TypeError(f"params must be a dict of query parameters or None; got {params!r}")
+        for k, val in params.items():
+            if not isinstance(k, str) or isinstance(val, bool) \
+                    or not isinstance(val, (str, int, float)):
+                raise TypeError(f"params must map str to str, int or float; got {k!r}: {val!r}")
+    if trace_id is not None:
+        _header_text("trace_id", trace_id, limit=200)
+    if headers is not None:
+        if not isinstance(headers, Mapping):
+            raise TypeError(f"headers must be a dict of str to str or None; got {headers!r}")
+        for k, val in headers.items():
+            _header_text("headers", k, limit=200)
+            _header_text(f"headers[{k!r}]", val)
+    if not isinstance(raw, bool):
+        raise TypeError(f"raw must be True or False; got {raw!r}")
 
 
 def _error_detail(body: bytes) -> str:
