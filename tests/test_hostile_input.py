@@ -169,3 +169,204 @@ async def test_a_deadline_header_of_nan_or_inf_is_a_400_not_a_hang(leakcheck):
             reply = await topo.call("a", "GET", "/y", headers={dl.HEADER: bad}, raw=True,
                                     timeout=5)
             assert reply.status == 400, (bad, reply)
+
+
+# -- load generators keep their bounds ------------------------------------------------------------
+async def never_awaits(i):
+    return None
+
+
+async def test_closed_loop_stops_at_max_seconds_when_fn_never_awaits(leakcheck):
+    t0 = now()
+    res = await load.closed_loop(never_awaits, n=300_000, concurrency=2, max_seconds=0.05)
+    elapsed = now() - t0
+    # The bound is kept to within one request and the DataFrame's construction.
+    assert len(res.df) < 300_000
+    assert elapsed < 0.05 + 0.5, elapsed
+
+
+async def test_open_loop_stops_at_max_seconds_when_fn_never_awaits(leakcheck):
+    t0 = now()
+    res = await load.open_loop(never_awaits, rate=100_000, n=1_000_000, max_seconds=0.05)
+    assert now() - t0 < 0.05 + 1.0
+    assert len(res.df) < 1_000_000
+
+
+@pytest.mark.parametrize("gen,kw", [
+    ("open_loop", {"rate": 1e300}), ("open_loop", {"rate": INF}), ("open_loop", {"rate": NAN}),
+    ("open_loop", {"rate": 1e6}), ("open_loop", {"rate": 10, "seed": NAN}),
+    ("closed_loop", {"concurrency": 10 ** 12}), ("closed_loop", {"concurrency": INF}),
+])
+async def test_absurd_rates_and_sizes_are_refused_at_once(gen, kw):
+    param = next(iter(kw)) if len(kw) == 1 else "seed"
+    t0 = now()
+    with pytest.raises((ValueError, TypeError), match=param):
+        await getattr(load, gen)(never_awaits, n=10, max_seconds=0.05, **kw)
+    assert now() - t0 < 0.5
+
+
+@pytest.mark.parametrize("gen,kw", [("sequential", {}), ("closed_loop", {"concurrency": 2}),
+                                    ("open_loop", {"rate": 100})])
+@pytest.mark.parametrize("bad", [{"n": 10 ** 12}, {"n": 0}, {"n": NAN}, {"n": 2.5},
+                                 {"max_seconds": NAN}, {"max_seconds": INF},
+                                 {"max_seconds": 10 ** 9}, {"max_seconds": 0}])
+async def test_every_generator_bounds_n_and_max_seconds(gen, kw, bad):
+    args = {"n": 10, "max_seconds": 0.05, **kw, **bad}
+    with pytest.raises((ValueError, TypeError), match=next(iter(bad))):
+        await getattr(load, gen)(never_awaits, **args)
+
+
+def plain(i):
+    return {"i": i}
+
+
+@pytest.mark.parametrize("gen,kw", [("sequential", {}), ("closed_loop", {"concurrency": 2}),
+                                    ("open_loop", {"rate": 100})])
+async def test_a_plain_function_is_refused_not_recorded(gen, kw, leakcheck):
+    with pytest.raises(TypeError, match="fn must be an async function"):
+        await getattr(load, gen)(plain, n=3, max_seconds=1, **kw)
+
+
+async def test_lambdas_returning_coroutines_still_work(leakcheck):
+    res = await load.sequential(lambda i: never_awaits(i), n=3, max_seconds=1)
+    assert list(res.df["ok"]) == [True, True, True]
+
+
+# -- sizes have an upper bound ------------------------------------------------------------------
+def test_bus_sizes_have_upper_bounds():
+    from toylib.data.bus import EventBus, partition_for
+
+    async def handler(event):
+        return None
+
+    bus = EventBus()
+    t0 = now()
+    for bad in (10 ** 9, 10 ** 12, INF, NAN, 0):
+        with pytest.raises((ValueError, TypeError), match="partitions"):
+            bus.create_topic("t", partitions=bad)
+    bus.create_topic("t", partitions=4)
+    for bad in (10 ** 12, 10 ** 6, INF, -1):
+        with pytest.raises((ValueError, TypeError), match="consumers"):
+            bus.consumer_group("t", "g", handler, consumers=bad)
+    for bad in (NAN, INF, -1, 10 ** 9):
+        with pytest.raises((ValueError, TypeError), match="retry_delay"):
+            bus.consumer_group("t", "g", handler, retry_delay=bad)
+    with pytest.raises((ValueError, TypeError), match="batch_size"):
+        bus.consumer_group("t", "g", handler, batch_size=10 ** 12)
+    with pytest.raises((ValueError, TypeError), match="partitions"):
+        partition_for("k", 10 ** 12)
+    assert now() - t0 < 1.0          # refused at once, no memory filled first
+
+
+async def test_bus_timeouts_refuse_nan_and_infinity(leakcheck):
+    from toylib.data.bus import EventBus
+
+    async def handler(event):
+        return None
+
+    bus = EventBus()
+    bus.create_topic("t")
+    async with bus.consumer_group("t", "g", handler) as g:
+        for bad in (NAN, INF, -1):
+            with pytest.raises((ValueError, TypeError), match="timeout"):
+                await g.wait_caught_up(timeout=bad)
+    for bad in (NAN, INF, 0):
+        with pytest.raises((ValueError, TypeError), match="interval"):
+            async with bus.lag_monitor(interval=bad):
+                pass
+
+
+async def test_database_busy_timeout_must_be_finite(tmp_path):
+    from toylib.data.db import Database, Workspace
+    for bad in (INF, NAN, -1, 10 ** 9):
+        with pytest.raises((ValueError, TypeError), match="busy_timeout"):
+            Database(tmp_path / "x.sqlite", busy_timeout=bad)
+        with pytest.raises((ValueError, TypeError), match="busy_timeout"):
+            Workspace(busy_timeout=bad)
+
+
+def test_resilience_parameters_refuse_nan_infinity_and_huge_sizes():
+    from toylib.resilience.breaker import CircuitBreaker
+    from toylib.resilience.bulkhead import Bulkhead
+    from toylib.resilience.cache import TTLCache
+    from toylib.resilience.health import HealthChecker
+    from toylib.resilience.ratelimit import RateLimiter
+    from toylib.resilience.retry import RetryBudget, backoff_delays
+
+    async def probe():
+        return True
+
+    cases = [
+        (lambda x: CircuitBreaker("b", wait_in_open=x), "wait_in_open", (NAN, INF)),
+        (lambda x: CircuitBreaker("b", window_size=x), "window_size", (NAN, INF, 10 ** 12)),
+        (lambda x: CircuitBreaker("b", slow_call_duration=x), "slow_call_duration", (NAN, INF)),
+        (lambda x: CircuitBreaker.consecutive("b", reset_timeout=x), "reset_timeout",
+         (NAN, INF)),
+        (lambda x: Bulkhead("b", max_concurrent=x), "max_concurrent", (NAN, 10 ** 12)),
+        (lambda x: TTLCache(x), "ttl", (NAN, INF, -1)),
+        (lambda x: TTLCache(1, max_entries=x), "max_entries", (10 ** 12, INF)),
+        (lambda x: HealthChecker({"a": probe}, interval=x), "interval", (NAN, INF, 0)),
+        (lambda x: HealthChecker({"a": probe}, timeout=x), "timeout", (NAN, INF)),
+        (lambda x: RateLimiter(x), "rate", (NAN, INF, 1e300)),
+        (lambda x: RetryBudget(0.1, burst=x), "burst", (NAN, INF, 1e300)),
+        (lambda x: backoff_delays("none", x, 1, 3), "base", (NAN, INF, -1)),
+        (lambda x: backoff_delays("none", 0.1, x, 3), "cap", (NAN, INF)),
+        (lambda x: backoff_delays("none", 0.1, 1, x), "attempts", (10 ** 12, NAN)),
+    ]
+    for make, param, bads in cases:
+        for bad in bads:
+            with pytest.raises((ValueError, TypeError), match=param):
+                make(bad)
+
+
+def test_a_pair_names_the_field_that_is_wrong():
+    from toylib.resilience.retry import backoff_delays
+    with pytest.raises(ValueError, match="^base must"):
+        backoff_delays("none", -1, 0.5, 3)            # base is wrong, not cap
+    with pytest.raises(ValueError, match="^cap must .*base \\(0.5\\)"):
+        backoff_delays("none", 0.5, 0.1, 3)
+    from toylib.core.faults import Faults, Hang
+    with pytest.raises((ValueError, TypeError), match="^start must"):
+        Faults("s").add(Hang(), start=NAN, end=1)     # start is wrong, not end
+
+
+# -- the outbox refuses an unknown topic in the writer's transaction ---------------------------
+async def test_outbox_refuses_an_unknown_topic_and_stores_nothing(tmp_path, leakcheck):
+    from toylib.data.bus import EventBus
+    from toylib.data.db import Workspace
+    from toylib.data.outbox import Outbox
+
+    bus = EventBus()
+    bus.create_topic("orders")
+    async with Workspace() as ws:
+        db = await ws.database("orders")
+        await db.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY)")
+        outbox = await Outbox(db).setup()
+        async with outbox.relay(bus, interval=0.005) as relay:
+            with pytest.raises(ValueError, match=r"topic must be .*'orders'.*'ordres'"):
+                await outbox.write("INSERT INTO orders (id) VALUES (?)", (1,), topic="ordres",
+                                   key="o1", value={"id": 1})
+            # nothing stored: neither the business row nor an outbox row
+            assert await db.fetchall("SELECT * FROM orders") == []
+            assert await outbox.pending() == 0
+            # and the relay keeps going for the events after it
+            await outbox.write("INSERT INTO orders (id) VALUES (?)", (2,), topic="orders",
+                               key="o2", value={"id": 2})
+            await relay.wait_drained(timeout=5)
+        assert [e.key for e in bus.events("orders")] == ["o2"]
+
+
+async def test_outbox_given_its_bus_checks_topics_before_any_relay(leakcheck):
+    from toylib.data.bus import EventBus
+    from toylib.data.db import Workspace
+    from toylib.data.outbox import Outbox
+
+    bus = EventBus()
+    bus.create_topic("orders")
+    async with Workspace() as ws:
+        db = await ws.database("orders")
+        outbox = await Outbox(db, bus=bus).setup()
+        with pytest.raises(ValueError, match="topic"):
+            async with db.transaction():
+                await outbox.emit("nosuch", "k", {})
+        assert await outbox.pending() == 0

@@ -15,10 +15,10 @@ import aiohttp
 import pytest
 
 from toylib.testing import fd_count, other_tasks, settle, thread_count
-from toylib.chapters import ch02_chatty as chatty
 from toylib.core import services
+from toy_experiment import profile_experiment, profile_topology
 
-TOYLIB = Path(chatty.__file__).resolve().parent.parent
+TOYLIB = Path(services.__file__).resolve().parent.parent
 RUNS = 20
 SLACK = 3       # a small constant: lazily created loop or library objects, never growth
 
@@ -49,15 +49,8 @@ def strict_resources():
 
 
 async def chapter2_experiment(seed: int) -> None:
-    """What the chapter does: build both designs, a few pages each, leave the blocks."""
-    k = chatty.Knobs(n_posts=3, n_friends=3, latency_ms=0, seed=seed)
-    async with chatty.before(k) as b, chatty.after(k) as a:
-        for uid in range(3):
-            pb = await b.call("gateway", "GET", f"/profile/{uid}")
-            pa = await a.call("bff", "GET", f"/profile/{uid}")
-            assert pb == pa
-        await a.call("bff", "GET", "/profile/0")      # a cache hit
-        assert len(b.tracer) == 3 * (1 + 1 + 3 + 3)
+    """What chapter 2 does (core only): build the N+1 design, a few pages, leave the block."""
+    assert await profile_experiment(seed, pages=3, table_kb=1) == 3 * (1 + 1 + 3 + 3)
 
 
 async def snapshot() -> tuple[int, int, int]:
@@ -85,8 +78,7 @@ async def test_twenty_experiments_leak_no_fds_tasks_or_threads():
 async def test_interrupted_experiments_leak_nothing_either():
     """The same, with the kernel interrupted in the middle of a page every time."""
     async def interrupted():
-        k = chatty.Knobs(n_posts=5, n_friends=5, latency_ms=20)
-        async with chatty.before(k) as b:
+        async with profile_topology(n_posts=5, n_friends=5, latency_ms=20, table_kb=1) as b:
             await b.call("gateway", "GET", "/profile/1")
 
     with strict_resources() as problems:

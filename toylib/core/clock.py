@@ -7,6 +7,7 @@ argument; :class:`FakeClock` drives them deterministically in tests and lab grad
 """
 from __future__ import annotations
 
+import math
 import time
 
 
@@ -19,6 +20,8 @@ class FakeClock:
     """A clock moved by hand: ``clock.advance(5)`` or ``clock.t += 5``; call it to read it."""
 
     def __init__(self, t: float = 0.0):
+        if not isinstance(t, (int, float)) or isinstance(t, bool) or not math.isfinite(t):
+            raise ValueError(f"t must be a finite number of seconds; got {t!r}")
         self.t = float(t)
 
     def __call__(self) -> float:

@@ -14,12 +14,16 @@ from __future__ import annotations
 import itertools
 import random
 import time
-from collections import defaultdict
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from toylib.core import validate as v
 
 DISTRIBUTIONS = ("fixed", "uniform", "normal", "exponential", "lognormal")
+MAX_MS = v.MAX_SECONDS * 1000.0     # the longest injected delay: a day
+# (trace, path) pairs whose request count is remembered (see Faults.decide); beyond this the
+# oldest are forgotten, so a long-running service's memory stays bounded.
+MAX_SEEN = 100_000
 
 
 @dataclass(frozen=True)
@@ -34,8 +38,8 @@ class Latency:
     distribution: str = "uniform"
 
     def __post_init__(self):
-        v.non_negative("ms", self.ms)
-        v.non_negative("jitter_ms", self.jitter_ms)
+        v.non_negative("ms", self.ms, high=MAX_MS)
+        v.non_negative("jitter_ms", self.jitter_ms, high=MAX_MS)
         v.one_of("distribution", self.distribution, DISTRIBUTIONS)
         if self.distribution == "uniform" and self.jitter_ms > self.ms:
             raise ValueError(f"jitter_ms must be <= ms ({self.ms}) for a uniform latency; "
@@ -68,9 +72,9 @@ class SlowDown:
     max_ms: float = 60_000.0
 
     def __post_init__(self):
-        v.non_negative("ms_per_s", self.ms_per_s)
-        v.non_negative("start_ms", self.start_ms)
-        v.positive("max_ms", self.max_ms)
+        v.non_negative("ms_per_s", self.ms_per_s, high=MAX_MS)
+        v.non_negative("start_ms", self.start_ms, high=MAX_MS)
+        v.positive("max_ms", self.max_ms, high=MAX_MS)
 
 
 @dataclass(frozen=True)
@@ -129,12 +133,15 @@ class Faults:
     """The fault rules of one service. ``svc.faults.add(Latency(20))``, ``.clear()``."""
 
     def __init__(self, service: str, seed: int = 0, clock=time.monotonic):
-        self.service = service
-        self.seed = seed
+        self.service = v.name("service", service)
+        self.seed = v.seed("seed", seed)
+        if not callable(clock):
+            raise TypeError(f"clock must be a callable returning seconds; got {clock!r}")
         self.clock = clock
         self.rules: list[Rule] = []
         self._ids = itertools.count(1)
-        self._seen: dict[tuple, int] = defaultdict(int)
+        # (trace id, path) -> requests seen, oldest first; at most MAX_SEEN pairs are kept
+        self._seen: OrderedDict[tuple, int] = OrderedDict()
         self._untraced = itertools.count()
 
     def add(self, toxic, *, route: str | None = None, toxicity: float = 1.0,
@@ -144,9 +151,9 @@ class Faults:
             raise TypeError(f"toxic must be one of {', '.join(t.__name__ for t in TOXICS)}; "
                             f"got {toxic!r}")
         v.probability("toxicity", toxicity)
-        v.non_negative("start", start)
-        if end is not None:
-            v.number("end", end, low=start, low_open=True)
+        v.seconds("start", start, zero=True)
+        if end is not None:   # start is checked on its own first: this names end only if end is
+            v.number("end", end, low=start, low_open=True, high=v.MAX_SECONDS)
         if route is not None and (not isinstance(route, str) or not route.startswith("/")):
             raise ValueError(f"route must be None or a path starting with '/'; got {route!r}")
         rule = Rule(toxic, route, toxicity, start, end, next(self._ids), self.clock())
@@ -164,7 +171,7 @@ class Faults:
 
     def reseed(self, seed: int) -> None:
         """Start the random choices again from ``seed`` (a replay)."""
-        self.seed = v.number("seed", seed, integer=True)
+        self.seed = v.seed("seed", seed)
         self._seen.clear()
         self._untraced = itertools.count()
 
@@ -175,8 +182,11 @@ class Faults:
         now = self.clock()
         if trace_id is None:
             trace_id = f"untraced{next(self._untraced)}"
-        nth = self._seen[(trace_id, path)]
-        self._seen[(trace_id, path)] += 1
+        key = (trace_id, path)
+        nth = self._seen.pop(key, 0)
+        self._seen[key] = nth + 1          # now the newest
+        if len(self._seen) > MAX_SEEN:     # forget the pair not asked for the longest
+            self._seen.popitem(last=False)
         for rule in self.rules:
             if not (rule.matches(route, path) and rule.active(now)):
                 continue

@@ -12,10 +12,17 @@ Three shapes, as in the load-testing literature:
 ``fn(i)`` is an async function doing request ``i``; it may return a dict of extra columns.
 A request still unfinished when ``max_seconds`` runs out is cancelled and reported as
 ``error="unfinished"``: hung requests are counted, never waited for forever.
+
+The bounds are a safety promise, kept even when ``fn`` never awaits (and so never lets a timer
+fire): each generator reads the clock before starting a request. ``n`` is at most
+``MAX_REQUESTS``, ``max_seconds`` at most a day, ``rate`` at most ``MAX_RATE`` per second. A
+function that does not return an awaitable is a mistake in the caller's code, not a failed
+request: it raises TypeError at once instead of filling the result with error rows.
 """
 from __future__ import annotations
 
 import asyncio
+import inspect
 import random
 from dataclasses import dataclass
 
@@ -26,6 +33,13 @@ from toylib.core import validate as v
 from toylib.core.clock import now
 
 PROGRESS_AFTER_S = 2.0   # runs longer than this show a progress bar
+MAX_REQUESTS = v.MAX_REQUESTS
+MAX_RATE = v.MAX_RATE
+MAX_CONCURRENCY = v.MAX_WORKERS
+
+
+class NotAsync(TypeError):
+    """``fn(i)`` returned something that cannot be awaited: the run stops at once."""
 
 
 @dataclass
@@ -42,6 +56,7 @@ class LoadResult:
         return self.df.loc[self.df["ok"], "latency_ms"]
 
     def summary(self, percentiles=(50, 90, 99)) -> dict:
+        percentiles = _percentiles(percentiles)
         ok = self.latencies
         out = {"label": self.label, "mode": self.mode, "requests": len(self.df),
                "ok": int(self.df["ok"].sum()),
@@ -56,8 +71,16 @@ class LoadResult:
         return out
 
 
+def _percentiles(ps) -> tuple:
+    if not isinstance(ps, (list, tuple)) or not ps:
+        raise TypeError(f"percentiles must be a non-empty list of numbers in [0, 100]; got {ps!r}")
+    return tuple(v.number("percentiles", p, low=0, high=100) for p in ps)
+
+
 def summarize(*results: LoadResult, percentiles=(50, 90, 99)) -> pd.DataFrame:
     """Summaries of several runs, one row each, indexed by label."""
+    if not results or not all(isinstance(r, LoadResult) for r in results):
+        raise TypeError(f"results must be one or more LoadResult; got {results!r}")
     return pd.DataFrame([r.summary(percentiles) for r in results]).set_index("label")
 
 
@@ -86,10 +109,14 @@ class Progress:
 
 async def _one(fn, i, due, rows, progress):
     start = now()
+    pending = fn(i)
+    if not inspect.isawaitable(pending):
+        raise NotAsync(f"fn must be an async function of the request index (async def, or a "
+                       f"lambda returning a coroutine); fn({i}) returned {pending!r}")
     row = {"i": i, "due": due, "start": start, "end": float("nan"), "ok": False, "error": ""}
     rows.append(row)
     try:
-        extra = await fn(i)
+        extra = await pending
         row["ok"] = True
         if isinstance(extra, dict):
             row.update(extra)
@@ -103,11 +130,22 @@ async def _one(fn, i, due, rows, progress):
         progress.step()
 
 
-def _check(fn, n, max_seconds):
+def _check(fn, n, max_seconds, label="", progress=None):
     if not callable(fn):
         raise TypeError(f"fn must be an async function of the request index; got {fn!r}")
-    v.positive("n", n, integer=True)
-    v.positive("max_seconds", max_seconds)
+    v.positive("n", n, integer=True, high=MAX_REQUESTS)
+    v.seconds("max_seconds", max_seconds)
+    if not isinstance(label, str):
+        raise TypeError(f"label must be a string; got {label!r}")
+    if progress is not None and not isinstance(progress, bool):
+        raise TypeError(f"progress must be True, False or None; got {progress!r}")
+
+
+def _raise_misuse(tasks) -> None:
+    """Re-raise a NotAsync (the caller's mistake) that ended one of the run's tasks."""
+    for t in tasks:
+        if t.done() and not t.cancelled() and isinstance(t.exception(), NotAsync):
+            raise t.exception()
 
 
 def _result(rows, t0, mode, label) -> LoadResult:
@@ -126,7 +164,7 @@ def _result(rows, t0, mode, label) -> LoadResult:
 async def sequential(fn, *, n: int, max_seconds: float = 60.0, label: str = "",
                      progress: bool | None = None) -> LoadResult:
     """Requests one after another, at most ``n`` of them and for at most ``max_seconds``."""
-    _check(fn, n, max_seconds)
+    _check(fn, n, max_seconds, label, progress)
     rows, t0 = [], now()
     bar = Progress(n, label, progress)
     try:
@@ -147,19 +185,23 @@ async def sequential(fn, *, n: int, max_seconds: float = 60.0, label: str = "",
 async def closed_loop(fn, *, n: int, concurrency: int, max_seconds: float = 60.0,
                       label: str = "", progress: bool | None = None) -> LoadResult:
     """``concurrency`` workers share ``n`` requests; each sends the next when its last returns."""
-    _check(fn, n, max_seconds)
-    v.positive("concurrency", concurrency, integer=True)
+    _check(fn, n, max_seconds, label, progress)
+    v.positive("concurrency", concurrency, integer=True, high=MAX_CONCURRENCY)
     rows, t0 = [], now()
+    end = t0 + max_seconds
     counter = iter(range(n))
     bar = Progress(n, label, progress)
 
     async def worker():
         for i in counter:
+            if now() >= end:     # the timeout below cannot fire while fn never awaits
+                return
             await _one(fn, i, now(), rows, bar)
 
     workers = [asyncio.ensure_future(worker()) for _ in range(min(concurrency, n))]
     try:
         await asyncio.wait(workers, timeout=max_seconds)
+        _raise_misuse(workers)
     finally:
         await _cancel(workers)
         bar.close()
@@ -174,10 +216,10 @@ async def open_loop(fn, *, rate: float, n: int, max_seconds: float = 60.0,
     Sending stops at ``max_seconds``; requests still running then are cancelled and counted
     as unfinished.
     """
-    _check(fn, n, max_seconds)
-    v.positive("rate", rate)
+    _check(fn, n, max_seconds, label, progress)
+    v.positive("rate", rate, high=MAX_RATE)
     v.one_of("arrivals", arrivals, ("uniform", "poisson"))
-    rng = random.Random(seed)
+    rng = random.Random(v.seed("seed", seed))
     rows, t0 = [], now()
     bar = Progress(n, label, progress)
     tasks: list[asyncio.Task] = []
@@ -185,15 +227,19 @@ async def open_loop(fn, *, rate: float, n: int, max_seconds: float = 60.0,
         due = t0
         for i in range(n):
             due += (rng.expovariate(rate) if arrivals == "poisson" else 1.0 / rate) if i else 0.0
-            if due - t0 >= max_seconds:
+            if due - t0 >= max_seconds or now() - t0 >= max_seconds:
                 break
             wait = due - now()
             if wait > 0:
                 await asyncio.sleep(wait)
             tasks.append(asyncio.ensure_future(_one(fn, i, due, rows, bar)))
+            if i == 0:
+                await asyncio.sleep(0)      # run the first request now: a misuse shows at once
+                _raise_misuse(tasks)
         left = t0 + max_seconds - now()
         if tasks and left > 0:
             await asyncio.wait(tasks, timeout=left)
+        _raise_misuse(tasks)
     finally:
         await _cancel(tasks)
         bar.close()

@@ -17,6 +17,7 @@ normally, on an error, or when the kernel is interrupted (the block's ``__aexit_
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json as jsonlib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -115,6 +116,12 @@ class Node:
         v.name("name", self.name)
         v.one_of("plane", self.plane, PLANES)
         v.one_of("shape", self.shape, ("box", "db", "queue", "client"))
+        if self.label is not None and (not isinstance(self.label, str) or len(self.label) > 200):
+            raise TypeError(f"label must be a string of at most 200 characters or None; "
+                            f"got {self.label!r:.80}")
+        if isinstance(self.uses, (str, bytes)) or not isinstance(self.uses, (list, tuple, set,
+                                                                             frozenset)):
+            raise TypeError(f"uses must be a tuple of node names; got {self.uses!r}")
         self.uses = tuple(self.uses)
         for u in self.uses:
             v.name("uses", u)
@@ -354,6 +361,9 @@ class Topology:
     """
 
     def __init__(self, *nodes: Node, name: str = "topology", seed: int = 0):
+        if not isinstance(name, str) or not name or len(name) > 200:
+            raise TypeError(f"name must be a non-empty string of at most 200 characters; "
+                            f"got {name!r:.80}")
         self.name = name
         self.nodes: dict[str, Node] = {}
         self.tracer = tr.Tracer()
@@ -448,6 +458,9 @@ class Topology:
 
     def spawn(self, coro) -> asyncio.Task:
         """Run a background task owned by the topology: it is cancelled when the block ends."""
+        if not asyncio.iscoroutine(coro):
+            raise TypeError(f"coro must be a coroutine (call the async function: "
+                            f"spawn(work()), not spawn(work)); got {coro!r}")
         if not self._running:
             coro.close()
             raise RuntimeError("start the topology (async with) before spawning tasks")
@@ -544,6 +557,12 @@ async def sample_busy(svc: Service, every: float, rows: list, t0: float) -> None
 
     Run it with ``topo.spawn`` so that it ends with the topology at the latest.
     """
+    if not isinstance(svc, Service):
+        raise TypeError(f"svc must be a Service; got {svc!r}")
+    v.number("every", every, low=0.0005, high=v.MAX_SECONDS)
+    if not isinstance(rows, list):
+        raise TypeError(f"rows must be a list to append samples to; got {rows!r}")
+    v.number("t0", t0, finite=True)
     while True:
         rows.append({"t_s": now() - t0, "busy": svc.in_flight})
         await asyncio.sleep(every)
@@ -555,6 +574,9 @@ async def gather_or_cancel(*aws):
     A composite that answers 502 because one backend failed should not leave the other calls
     running (and holding connections) behind its back.
     """
+    for a in aws:
+        if not inspect.isawaitable(a):
+            raise TypeError(f"aws must be awaitables (coroutines or tasks); got {a!r}")
     tasks = [asyncio.ensure_future(a) for a in aws]
     try:
         return await asyncio.gather(*tasks)

@@ -47,6 +47,10 @@ from typing import Any
 from toylib.core import validate as v
 
 COMMIT_MODES = ("after", "before")
+MAX_PARTITIONS = v.MAX_PARTITIONS   # per topic: Kafka's own guidance is thousands per broker
+MAX_CONSUMERS = 1000                # per group: one asyncio task each
+MAX_BATCH = 100_000                 # events fetched at once
+MAX_KEY = 1000                      # characters of an event key
 
 
 @dataclass(frozen=True)
@@ -66,10 +70,17 @@ def partition_for(key: str, partitions: int) -> int:
 
     (Python's ``hash()`` of a str changes between runs, so it would not do.)
     """
-    if not isinstance(key, str) or not key:
-        raise ValueError(f"key must be a non-empty string; got {key!r}")
-    v.positive("partitions", partitions, integer=True)
+    _key(key)
+    v.positive("partitions", partitions, integer=True, high=MAX_PARTITIONS)
     return zlib.crc32(key.encode()) % partitions
+
+
+def _key(key) -> str:
+    if not isinstance(key, str) or not key or len(key) > MAX_KEY:
+        shown = repr(key) if len(repr(key)) <= 80 else repr(key)[:77] + "..."
+        raise ValueError(f"key must be a non-empty string of at most {MAX_KEY} characters; "
+                         f"got {shown}")
+    return key
 
 
 class EventBus:
@@ -89,7 +100,7 @@ class EventBus:
     # -- topics and producing ----------------------------------------------------------------
     def create_topic(self, topic: str, partitions: int = 1) -> None:
         v.name("topic", topic)
-        v.positive("partitions", partitions, integer=True)
+        v.positive("partitions", partitions, integer=True, high=MAX_PARTITIONS)
         if topic in self._logs:
             raise ValueError(f"topic must be a new topic name; {topic!r} already exists")
         self._logs[topic] = [[] for _ in range(int(partitions))]
@@ -101,8 +112,12 @@ class EventBus:
     def partitions(self, topic: str) -> int:
         return len(self._log(topic))
 
+    def has_topic(self, topic) -> bool:
+        """True if ``topic`` was created on this bus."""
+        return isinstance(topic, str) and topic in self._logs
+
     def _log(self, topic: str) -> list[list[Event]]:
-        if topic not in self._logs:
+        if not self.has_topic(topic):
             known = ", ".join(map(repr, self._logs)) or "none yet (call create_topic)"
             raise ValueError(f"topic must be an existing topic ({known}); got {topic!r}")
         return self._logs[topic]
@@ -116,7 +131,7 @@ class EventBus:
         offset but keeps its id, so idempotent consumers can drop it.
         """
         log = self._log(topic)
-        p = partition_for(key, len(log))
+        p = partition_for(_key(key), len(log))
         if event_id is not None and (not isinstance(event_id, str) or not event_id):
             raise ValueError(f"event_id must be a non-empty string or None; got {event_id!r}")
         offset = len(log[p])
@@ -161,11 +176,13 @@ class EventBus:
     def lag(self, group: str | None = None):
         """Current lag per (group, topic, partition) as a DataFrame."""
         import pandas as pd
+        v.optional(v.name, "group", group)
         return pd.DataFrame(self._lag_snapshot(group),
                             columns=["t", "group", "topic", "partition", "end_offset",
                                      "committed", "lag"])
 
     def total_lag(self, group: str, topic: str) -> int:
+        v.name("group", group)
         ends, done = self.end_offsets(topic), self.committed(group, topic)
         return sum(e - c for e, c in zip(ends, done))
 
@@ -197,7 +214,7 @@ class EventBus:
     @asynccontextmanager
     async def lag_monitor(self, interval: float = 0.01):
         """Sample lag every ``interval`` seconds while the block runs (once more at the end)."""
-        v.positive("interval", interval)
+        v.number("interval", interval, low=0.0005, high=v.MAX_SECONDS)
 
         async def sample_forever():
             while True:
@@ -244,10 +261,11 @@ class ConsumerGroup:
         v.name("group", group)
         v.async_function("handler", handler)
         self.bus, self.topic, self.name, self.handler = bus, topic, group, handler
-        self.initial_consumers = v.non_negative("consumers", consumers, integer=True)
+        self.initial_consumers = v.non_negative("consumers", consumers, integer=True,
+                                                high=MAX_CONSUMERS)
         self.commit = v.one_of("commit", commit, COMMIT_MODES)
-        self.batch_size = v.positive("batch_size", batch_size, integer=True)
-        self.retry_delay = v.non_negative("retry_delay", retry_delay)
+        self.batch_size = v.positive("batch_size", batch_size, integer=True, high=MAX_BATCH)
+        self.retry_delay = v.seconds("retry_delay", retry_delay, zero=True)
         self.members: dict[str, _Member] = {}      # in join order: the assignment's order
         self.owner: dict[int, str | None] = {p: None for p in range(bus.partitions(topic))}
         self.deliveries: list[dict] = []
@@ -288,6 +306,9 @@ class ConsumerGroup:
         """Start one more consumer; partitions are rebalanced. Returns its id."""
         if not self._running:
             raise RuntimeError("add_consumer needs a running group (inside `async with`)")
+        if len(self.members) >= MAX_CONSUMERS:
+            raise RuntimeError(f"consumers must be at most {MAX_CONSUMERS} per group; the group "
+                               f"{self.name!r} already has {len(self.members)}")
         member = _Member(f"{self.name}-{next(self._ids)}")
         self.members[member.id] = member
         member.task = asyncio.create_task(self._run_member(member), name=member.id)
@@ -310,7 +331,7 @@ class ConsumerGroup:
         crash and returns.
         """
         member = self._member(consumer)
-        v.non_negative("after_events", after_events, integer=True)
+        v.non_negative("after_events", after_events, integer=True, high=v.MAX_ITEMS)
         if after_events == 0:
             member.crash_countdown = 0    # _run_member: a cancel with countdown 0 is a crash
             member.task.cancel()
@@ -327,7 +348,7 @@ class ConsumerGroup:
         return {m.id: sorted(m.owned) for m in self.members.values()}
 
     def _member(self, consumer: str) -> _Member:
-        if consumer not in self.members:
+        if not isinstance(consumer, str) or consumer not in self.members:
             raise ValueError(f"consumer must be one of the group's running consumers "
                              f"{list(self.members)}; got {consumer!r}")
         return self.members[consumer]
@@ -461,7 +482,7 @@ class ConsumerGroup:
 
     async def wait_caught_up(self, timeout: float = 5.0) -> None:
         """Wait until every published event is committed (lag 0), or raise TimeoutError."""
-        v.positive("timeout", timeout)
+        v.seconds("timeout", timeout)
         async with asyncio.timeout(timeout):
             while self.lag() > 0:
                 self._progress.clear()

@@ -29,6 +29,8 @@ from pathlib import Path
 from toylib.core import validate as v
 
 SYNCHRONOUS = ("off", "normal", "full")
+# SQLite takes busy_timeout as a C int of milliseconds; an hour is longer than any experiment.
+MAX_BUSY_TIMEOUT = 3600.0
 
 
 class Database:
@@ -46,7 +48,7 @@ class Database:
             raise TypeError(f"path must be a file path (str or Path) or ':memory:'; got {path!r}")
         self.path = Path(path) if str(path) != ":memory:" else ":memory:"
         self.owner = v.name("owner", owner)
-        self.busy_timeout = v.non_negative("busy_timeout", busy_timeout)
+        self.busy_timeout = v.number("busy_timeout", busy_timeout, low=0, high=MAX_BUSY_TIMEOUT)
         if not isinstance(wal, bool):
             raise TypeError(f"wal must be True or False; got {wal!r}")
         self.wal = wal
@@ -248,7 +250,7 @@ class Workspace:
     def __init__(self, *, prefix: str = "toylib-", busy_timeout: float = 5.0, wal: bool = False,
                  synchronous: str = "normal"):
         self.prefix = v.name("prefix", prefix)
-        self.busy_timeout = v.non_negative("busy_timeout", busy_timeout)
+        self.busy_timeout = v.number("busy_timeout", busy_timeout, low=0, high=MAX_BUSY_TIMEOUT)
         if not isinstance(wal, bool):
             raise TypeError(f"wal must be True or False; got {wal!r}")
         self.wal = wal

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import weakref
 from contextlib import suppress
 
 from toylib.core import validate as v
@@ -37,6 +38,11 @@ CREATE TABLE IF NOT EXISTS outbox (
 CREATE INDEX IF NOT EXISTS outbox_unpublished ON outbox (published_at, seq);
 """
 
+# The bus each database's outbox rows go to, learnt from ``Outbox(bus=...)`` or from a relay
+# (weak: it never keeps a closed experiment's database or bus alive). ``emit`` checks topics
+# against it, so a misspelt topic fails the writer's transaction instead of stalling the relay.
+_BUS_OF: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
 PROCESSED_SCHEMA = """
 CREATE TABLE IF NOT EXISTS processed_events (
     consumer     TEXT NOT NULL,
@@ -51,13 +57,20 @@ class Outbox:
     """The outbox table of one service's database.
 
     ``source`` prefixes event ids (``orders:1``, ``orders:2``…): deterministic, so a replayed
-    experiment shows the same ids.
+    experiment shows the same ids. ``bus`` (or the first relay made for this database) is
+    where the rows will be published: from then on :meth:`emit` refuses a topic that bus
+    does not have, inside the caller's transaction, so nothing is stored for it.
     """
 
-    def __init__(self, db: Database, *, source: str | None = None, clock=time.time):
+    def __init__(self, db: Database, *, source: str | None = None, clock=time.time,
+                 bus: EventBus | None = None):
         if not isinstance(db, Database):
             raise TypeError(f"db must be a toylib.data.db.Database; got {db!r}")
+        if bus is not None and not isinstance(bus, EventBus):
+            raise TypeError(f"bus must be an EventBus or None; got {bus!r}")
         self.db = db
+        if bus is not None:
+            _BUS_OF[db] = bus
         self.source = v.name("source", source if source is not None else db.owner)
         if not callable(clock):
             raise TypeError(f"clock must be a callable returning seconds; got {clock!r}")
@@ -74,15 +87,22 @@ class Outbox:
         dual write the outbox exists to avoid. Returns the event id.
         """
         v.name("topic", topic)
-        if not isinstance(key, str) or not key:
-            raise ValueError(f"key must be a non-empty string; got {key!r}")
+        if not isinstance(key, str) or not key or len(key) > 1000:
+            raise ValueError(f"key must be a non-empty string of at most 1000 characters; "
+                             f"got {key!r:.80}")
         try:
-            payload = json.dumps(value)
+            payload = json.dumps(value, allow_nan=False)
         except (TypeError, ValueError) as e:
             raise TypeError(f"value must be JSON-serialisable; got {value!r} ({e})") from None
         if not self.db.in_transaction:
             raise RuntimeError("emit() must run inside `async with db.transaction():` so the "
                                "event commits together with the business change")
+        bus = _BUS_OF.get(self.db)
+        if bus is not None and not bus.has_topic(topic):
+            # Raised inside the caller's transaction: it rolls back, so neither the business
+            # change nor a row the relay could never publish is stored.
+            raise ValueError(f"topic must be a topic of the bus this outbox publishes to "
+                             f"({', '.join(map(repr, bus.topics)) or 'none yet'}); got {topic!r}")
         (seq,) = await self.db.fetchone("SELECT COALESCE(MAX(seq), 0) + 1 FROM outbox")
         event_id = f"{self.source}:{seq}"
         await self.db.execute(
@@ -131,16 +151,17 @@ class Relay:
         if not isinstance(bus, EventBus):
             raise TypeError(f"bus must be an EventBus; got {bus!r}")
         self.outbox, self.bus = outbox, bus
-        self.interval = v.positive("interval", interval)
-        self.batch_size = v.positive("batch_size", batch_size, integer=True)
-        self.restart_delay = v.non_negative("restart_delay", restart_delay)
+        self.interval = v.seconds("interval", interval)
+        self.batch_size = v.positive("batch_size", batch_size, integer=True, high=100_000)
+        self.restart_delay = v.seconds("restart_delay", restart_delay, zero=True)
+        _BUS_OF[outbox.db] = bus
         self.stats = {"published": 0, "crashes": 0}
         self._crash_countdown: int | None = None
         self._task: asyncio.Task | None = None
         self._bug: BaseException | None = None
 
     def crash_after_publish(self, n: int = 1) -> None:
-        self._crash_countdown = v.positive("n", n, integer=True)
+        self._crash_countdown = v.positive("n", n, integer=True, high=v.MAX_ITEMS)
 
     async def __aenter__(self) -> Relay:
         self._task = asyncio.create_task(self._supervise(), name="outbox-relay")
@@ -191,7 +212,7 @@ class Relay:
 
     async def wait_drained(self, timeout: float = 5.0) -> None:
         """Wait until every outbox row is marked published, or raise TimeoutError."""
-        v.positive("timeout", timeout)
+        v.seconds("timeout", timeout)
         async with asyncio.timeout(timeout):
             while await self.outbox.pending() > 0:
                 if self._bug is not None:

@@ -98,7 +98,7 @@ class Step:
             v.async_function("compensation", self.compensation)
         if not isinstance(self.pivot, bool):
             raise TypeError(f"pivot must be True or False; got {self.pivot!r}")
-        v.optional(v.positive, "timeout", self.timeout)
+        v.optional(v.seconds, "timeout", self.timeout)
 
 
 class SagaDefinition:
@@ -136,8 +136,12 @@ def idempotency_key(saga_id: str, step: str, phase: str) -> str:
 
 def backoff_delay(attempt: int, rng: random.Random, *, base: float, cap: float) -> float:
     """Full jitter (AWS): uniform in [0, min(cap, base·2^(attempt-1))]."""
-    v.positive("attempt", attempt, integer=True)
-    return rng.uniform(0, min(cap, base * 2 ** (attempt - 1)))
+    v.positive("attempt", attempt, integer=True, high=v.MAX_ATTEMPTS)
+    if not isinstance(rng, random.Random):
+        raise TypeError(f"rng must be a random.Random (seeded, so runs replay); got {rng!r}")
+    v.seconds("base", base, zero=True)
+    v.number("cap", cap, low=base, high=v.MAX_SECONDS)
+    return rng.uniform(0, min(cap, base * 2.0 ** min(attempt - 1, 1000)))
 
 
 async def _no_hook(saga_id: str, status: str) -> None:
@@ -167,10 +171,14 @@ class SagaOrchestrator:
         self.definitions = {d.name: d for d in defs}
         if len(self.definitions) != len(defs):
             raise ValueError("definitions must have unique names")
-        self.max_attempts = v.positive("max_attempts", max_attempts, integer=True)
-        self.base_delay = v.non_negative("base_delay", base_delay)
-        self.max_delay = v.number("max_delay", max_delay, low=self.base_delay)
-        self.seed = v.number("seed", seed, integer=True)
+        self.max_attempts = v.positive("max_attempts", max_attempts, integer=True,
+                                       high=v.MAX_ATTEMPTS)
+        self.base_delay = v.seconds("base_delay", base_delay, zero=True)
+        # the pair: base_delay is checked on its own first, so this names max_delay only
+        # when max_delay itself is out of range (below base_delay or above a day)
+        self.max_delay = v.number("max_delay", max_delay, low=self.base_delay,
+                                  high=v.MAX_SECONDS)
+        self.seed = v.seed("seed", seed)
         v.async_function("sleep", sleep)
         if not callable(clock):
             raise TypeError(f"clock must be a callable returning seconds; got {clock!r}")
@@ -261,7 +269,8 @@ class SagaOrchestrator:
 
     async def wait(self, saga_id: str, timeout: float | None = None) -> str:
         """Wait for the saga's task here (if any) to end; return its status."""
-        v.optional(v.positive, "timeout", timeout)
+        v.name("saga_id", saga_id)
+        v.optional(v.seconds, "timeout", timeout)
         task = self._tasks.get(saga_id)
         if task is not None:
             await asyncio.wait([task], timeout=timeout)   # never cancels the saga
@@ -270,7 +279,7 @@ class SagaOrchestrator:
         return await self.status(saga_id)
 
     async def wait_all(self, timeout: float | None = None) -> None:
-        v.optional(v.positive, "timeout", timeout)
+        v.optional(v.seconds, "timeout", timeout)
         if self._tasks:
             await asyncio.wait(list(self._tasks.values()), timeout=timeout)
 

@@ -41,6 +41,7 @@ from toylib.core import validate as v
 log = logging.getLogger(__name__)
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
+MAX_WINDOW = 1_000_000      # calls a count window (or the minimum, or half-open) may span
 
 #: Every transition the model allows; anything else is a bug (``reset`` is logged separately).
 TRANSITIONS = frozenset({(CLOSED, OPEN), (OPEN, HALF_OPEN), (HALF_OPEN, OPEN),
@@ -287,16 +288,21 @@ class CircuitBreaker:
         self.slow_call_duration = v.optional(v.non_negative, "slow_call_duration",
                                              slow_call_duration)
         self.window_type = v.one_of("window_type", window_type, ("count", "time"))
+        # a count window holds one entry per call; a time window spans at most a day
         self.window_size = v.positive("window_size", window_size,
-                                      integer=window_type == "count")
-        minimum_calls = v.positive("minimum_calls", minimum_calls, integer=True)
+                                      integer=window_type == "count",
+                                      high=MAX_WINDOW if window_type == "count"
+                                      else v.MAX_SECONDS)
+        minimum_calls = v.positive("minimum_calls", minimum_calls, integer=True,
+                                   high=MAX_WINDOW)
         # A count window can never hold more than window_size calls, so a larger minimum
         # would mean "never trip"; resilience4j caps it, and so do we.
         self.minimum_calls = (min(minimum_calls, self.window_size) if window_type == "count"
                               else minimum_calls)
-        self.wait_in_open = v.positive("wait_in_open", wait_in_open)
+        self.wait_in_open = v.seconds("wait_in_open", wait_in_open)
         self.permitted_in_half_open = v.positive("permitted_in_half_open",
-                                                 permitted_in_half_open, integer=True)
+                                                 permitted_in_half_open, integer=True,
+                                                 high=MAX_WINDOW)
         self.record = _exception_types("record", record)
         self.ignore = _exception_types("ignore", ignore)
         if not callable(clock):
@@ -319,8 +325,8 @@ class CircuitBreaker:
         call (we re-raise its own error), and has no "ignored" exceptions (its ``exclude`` is
         our "not in ``record``": counted as a success).
         """
-        fail_max = v.positive("fail_max", fail_max, integer=True)
-        reset_timeout = v.positive("reset_timeout", reset_timeout)
+        fail_max = v.positive("fail_max", fail_max, integer=True, high=MAX_WINDOW)
+        reset_timeout = v.seconds("reset_timeout", reset_timeout)
         return cls(name, failure_rate_threshold=100.0, slow_call_rate_threshold=100.0,
                    slow_call_duration=None, window_type="count", window_size=fail_max,
                    minimum_calls=fail_max, wait_in_open=reset_timeout, permitted_in_half_open=1,

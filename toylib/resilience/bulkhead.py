@@ -30,7 +30,8 @@ class Bulkhead:
 
     def __init__(self, name: str, max_concurrent: int = 25):
         self.name = v.name("name", name)
-        self.max_concurrent = v.positive("max_concurrent", max_concurrent, integer=True)
+        self.max_concurrent = v.positive("max_concurrent", max_concurrent, integer=True,
+                                         high=v.MAX_WORKERS)
         self.active = 0
         self.admitted = 0
         self.rejected = 0

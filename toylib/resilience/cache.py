@@ -13,8 +13,10 @@ from toylib.core import validate as v
 
 class TTLCache:
     def __init__(self, ttl: float, *, max_entries: int = 10_000, clock=time.monotonic):
-        self.ttl = v.positive("ttl", ttl)
-        self.max_entries = v.positive("max_entries", max_entries, integer=True)
+        self.ttl = v.seconds("ttl", ttl)
+        self.max_entries = v.positive("max_entries", max_entries, integer=True, high=v.MAX_ITEMS)
+        if not callable(clock):
+            raise TypeError(f"clock must be a callable returning seconds; got {clock!r}")
         self.clock = clock
         self._data: OrderedDict = OrderedDict()   # key -> (expires_at, value), oldest first
         self.hits = self.misses = self.expired = self.evicted = 0
@@ -60,7 +62,10 @@ def ttl_hit_rate(rates, ttl: float) -> float:
     probability λT / (1 + λT) (renewal argument: each miss opens a window of T seconds holding
     λT hits on average). Weighted by each key's share of the traffic.
     """
-    v.positive("ttl", ttl)
+    v.seconds("ttl", ttl)
+    if isinstance(rates, (str, bytes)) or not hasattr(rates, "__iter__"):
+        raise TypeError(f"rates must be a list of per-key request rates (1/s); got {rates!r}")
+    rates = [v.non_negative("rates", lam, high=v.MAX_RATE) for lam in rates]
     total = float(sum(rates))
     if total <= 0:
         raise ValueError("rates must contain at least one positive rate")

@@ -31,7 +31,7 @@ class FallbackCache:
 
     def __init__(self, *, max_age: float | None = None, fallback_on=(Exception,),
                  clock: Callable[[], float] = time.monotonic):
-        self.max_age = v.optional(v.positive, "max_age", max_age)
+        self.max_age = v.optional(v.seconds, "max_age", max_age)
         if isinstance(fallback_on, type):
             fallback_on = (fallback_on,)
         if not isinstance(fallback_on, tuple) or not all(

@@ -58,11 +58,12 @@ class HealthChecker:
             v.name("targets", target)
             if not callable(probe):
                 raise TypeError(f"targets[{target!r}] must be an async callable; got {probe!r}")
-        self.interval = v.positive("interval", interval)
-        self.timeout = v.optional(v.positive, "timeout", timeout)
-        self.healthy_threshold = v.positive("healthy_threshold", healthy_threshold, integer=True)
+        self.interval = v.seconds("interval", interval)
+        self.timeout = v.optional(v.seconds, "timeout", timeout)
+        self.healthy_threshold = v.positive("healthy_threshold", healthy_threshold, integer=True,
+                                            high=v.MAX_ATTEMPTS)
         self.unhealthy_threshold = v.positive("unhealthy_threshold", unhealthy_threshold,
-                                              integer=True)
+                                              integer=True, high=v.MAX_ATTEMPTS)
         if not isinstance(start_healthy, bool):
             raise TypeError(f"start_healthy must be True or False; got {start_healthy!r}")
         if not callable(clock) or not callable(sleep):

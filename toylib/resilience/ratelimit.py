@@ -22,8 +22,8 @@ class RateLimiter:
 
     def __init__(self, rate: float, burst: float = 1.0, *,
                  clock: Callable[[], float] = time.monotonic):
-        self.rate = v.positive("rate", rate)
-        self.burst = v.number("burst", burst, low=1)
+        self.rate = v.positive("rate", rate, high=v.MAX_RATE)
+        self.burst = v.number("burst", burst, low=1, high=v.MAX_ITEMS)
         if not callable(clock):
             raise TypeError(f"clock must be a callable returning seconds; got {clock!r}")
         self.clock = clock

@@ -30,6 +30,8 @@ from toylib.core import deadline as dl
 
 POLICIES = ("none", "full", "equal", "decorrelated")
 
+MAX_DELAYS = 1_000_000      # delays backoff_delays lists at once
+
 # Token arithmetic in floats drifts (ten deposits of 0.1 make 0.999...); forgive the drift.
 _EPS = 1e-9
 
@@ -66,10 +68,11 @@ def _delays(policy: str, base: float, cap: float, rng: random.Random | None) -> 
 
 def _check_backoff(policy, base, cap, rng) -> None:
     v.one_of("policy", policy, POLICIES)
-    v.positive("base", base)
-    v.positive("cap", cap)
+    v.seconds("base", base)       # each of the pair on its own first, so a bad one is named
+    v.seconds("cap", cap)
     if cap < base:
-        raise ValueError(f"cap must be a number >= base ({base!r}); got {cap!r}")
+        raise ValueError(f"cap must be a number >= base ({base!r}); got cap={cap!r} "
+                         f"(raise cap or lower base)")
     if policy != "none" and not isinstance(rng, random.Random):
         raise TypeError(f"rng must be a random.Random (seed it to make runs repeatable) for "
                         f"policy {policy!r}; got {rng!r}")
@@ -85,7 +88,7 @@ def backoff_delays(policy: str, base: float, cap: float, attempts: int,
     ``rng`` (a seeded ``random.Random``) is required for every policy but ``"none"``.
     """
     _check_backoff(policy, base, cap, rng)
-    attempts = v.non_negative("attempts", attempts, integer=True)
+    attempts = v.non_negative("attempts", attempts, integer=True, high=MAX_DELAYS)
     return list(islice(_delays(policy, base, cap, rng), attempts))
 
 
@@ -107,10 +110,10 @@ class RetryBudget:
                  per_second: float = 0.0, clock: Callable[[], float] = time.monotonic):
         self.ratio = v.probability("ratio", ratio)
         # A bucket that cannot hold one whole token could never pay for a retry.
-        self.burst = v.number("burst", burst, low=1)
+        self.burst = v.number("burst", burst, low=1, high=v.MAX_ITEMS)
         self.initial = v.number("initial", self.burst if initial is None else initial,
                                 low=0, high=self.burst)
-        self.per_second = v.non_negative("per_second", per_second)
+        self.per_second = v.non_negative("per_second", per_second, high=v.MAX_RATE)
         if not callable(clock):
             raise TypeError(f"clock must be a callable returning seconds; got {clock!r}")
         self.clock = clock
@@ -185,8 +188,8 @@ def _check_retry(fn, attempts, policy, base, cap, budget, retry_on, retryable, i
                  rng, min_attempt=0.0) -> tuple[int, tuple]:
     if not callable(fn):
         raise TypeError(f"fn must be callable; got {fn!r}")
-    attempts = v.positive("attempts", attempts, integer=True)
-    v.non_negative("min_attempt", min_attempt)
+    attempts = v.positive("attempts", attempts, integer=True, high=v.MAX_ATTEMPTS)
+    v.seconds("min_attempt", min_attempt, zero=True)
     _check_backoff(policy, base, cap, rng)
     if isinstance(retry_on, type):
         retry_on = (retry_on,)
@@ -222,6 +225,10 @@ async def retry(fn, *, attempts: int = 3, policy: str = "full", base: float = 0.
     """
     attempts, retry_on = _check_retry(fn, attempts, policy, base, cap, budget, retry_on,
                                       retryable, idempotent, rng, min_attempt)
+    if stats is not None and not isinstance(stats, RetryStats):
+        raise TypeError(f"stats must be a RetryStats or None; got {stats!r}")
+    if not callable(sleep):
+        raise TypeError(f"sleep must be an async function of seconds; got {sleep!r}")
     stats = stats if stats is not None else RetryStats()
     stats.calls += 1
     if budget is not None:
