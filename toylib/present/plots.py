@@ -2,6 +2,15 @@
 
 Figures get an opaque white background so they stay readable on a dark-mode page. The ideal
 (analytic) value is always drawn beside the measurement, dashed, so the gap is visible.
+
+Every figure a notebook shows carries a caption and an alt text that says what it shows:
+:func:`describe` sets them (each plot function takes ``caption=`` and ``alt=``), and a figure
+without them gets both from its own titles, axis labels and legend. They travel inside the PNG
+(its standard ``Title`` and ``Description`` text chunks), so JupyterLab shows the plain image
+and the book turns it into a numbered figure with that caption and alt text.
+
+Importing this module also sets pandas to show tables in full (no "…" in a cell, no hidden
+columns): the measured values and assumptions are the columns a reader needs most.
 """
 from __future__ import annotations
 
@@ -11,6 +20,8 @@ import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+
+from matplotlib.figure import Figure
 
 from toylib.core import validate as v
 from toylib.core.load import LoadResult
@@ -27,6 +38,100 @@ def style() -> None:
         "axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False,
         "axes.spines.right": False, "font.size": 10,
     })
+    # Tables in full: no cell cut to "…", no column hidden; long frames stop at 500 rows.
+    pd.set_option("display.max_colwidth", None)
+    pd.set_option("display.max_columns", None)
+    pd.set_option("display.width", 250)
+    pd.set_option("display.max_rows", 500)
+    _register_png_formatter()
+
+
+# -- captions and alt text -------------------------------------------------------------------
+MAX_TEXT = 600   # characters of a caption or an alt text
+
+
+def describe(fig: Figure, caption: str = "", alt: str = "") -> Figure:
+    """Give ``fig`` a caption and an alt text (what the figure shows); returns ``fig``.
+
+    Empty values keep the ones derived from the figure itself (see :func:`texts`).
+    """
+    if not isinstance(fig, Figure):
+        raise TypeError(f"fig must be a matplotlib Figure; got {type(fig).__name__}")
+    for name, value in (("caption", caption), ("alt", alt)):
+        if not isinstance(value, str):
+            raise TypeError(f"{name} must be a string; got {type(value).__name__}")
+        if len(value) > MAX_TEXT:
+            raise ValueError(f"{name} must be at most {MAX_TEXT} characters; got {len(value)}")
+    if caption:
+        fig._course_caption = " ".join(caption.split())
+    if alt:
+        fig._course_alt = " ".join(alt.split())
+    return fig
+
+
+def _clean(s) -> str:
+    return " ".join(str(s).replace("$", "").split())
+
+
+def _axis_words(ax) -> str:
+    title = _clean(ax.get_title())
+    x, y = _clean(ax.get_xlabel()), _clean(ax.get_ylabel())
+    kind = "bar chart" if ax.patches and not ax.lines else "chart"
+    if ax.get_yscale() == "log" or ax.get_xscale() == "log":
+        kind = "log-scale " + kind
+    words = f"{kind} '{title}'" if title else kind
+    if y and x:
+        words += f" of {y} against {x}"
+    elif y or x:
+        words += f" of {y or x}"
+    handles, labels = ax.get_legend_handles_labels()
+    labels = [_clean(lab) for lab in labels if lab and not str(lab).startswith("_")]
+    if labels:
+        words += "; series: " + ", ".join(labels)
+    return words
+
+
+def texts(fig: Figure) -> tuple[str, str]:
+    """``(caption, alt)`` of ``fig``: those given to :func:`describe`, else derived from it."""
+    axes = [ax for ax in fig.axes if ax.get_visible() and ax.has_data()]
+    suptitle = _clean(fig._suptitle.get_text()) if getattr(fig, "_suptitle", None) else ""
+    titles = [t for t in (_clean(ax.get_title()) for ax in axes) if t]
+    caption = getattr(fig, "_course_caption", "") or suptitle or "; ".join(titles)
+    alt = getattr(fig, "_course_alt", "")
+    if not alt and axes:
+        parts = [_axis_words(ax) for ax in axes]
+        alt = ("Figure" + (f" '{suptitle}'" if suptitle else "") + ": "
+               + (parts[0] if len(parts) == 1
+                  else f"{len(parts)} panels: " + " | ".join(parts)))
+    return caption[:MAX_TEXT], alt[:MAX_TEXT]
+
+
+def png(fig: Figure) -> bytes:
+    """The PNG a notebook shows for ``fig``, with its caption and alt text inside."""
+    import io
+    caption, alt = texts(fig)
+    metadata = {"Software": None}
+    if caption:
+        metadata["Title"] = caption
+    if alt:
+        metadata["Description"] = alt
+    buf = io.BytesIO()
+    fig.canvas.print_figure(buf, format="png", bbox_inches="tight", metadata=metadata,
+                            facecolor=fig.get_facecolor(), edgecolor=fig.get_edgecolor())
+    return buf.getvalue()
+
+
+def _register_png_formatter() -> None:
+    """In IPython, display every Figure through :func:`png` (plain images elsewhere)."""
+    try:
+        from IPython import get_ipython
+    except ImportError:       # pragma: no cover - IPython comes with ipykernel
+        return
+    ip = get_ipython()
+    if ip is None:
+        return
+    matplotlib.get_backend()  # let the inline backend register its formatter first
+    ip.display_formatter.formatters["image/png"].for_type(Figure, png)
 
 
 style()
@@ -49,7 +154,8 @@ def _labels(results) -> tuple[list[str], list[pd.Series]]:
 
 
 def percentiles(results, *, ideal: Mapping | None = None, ps: Sequence[float] = (50, 90, 99),
-                title: str = "", unit: str = "ms", ax=None, log: bool = False):
+                title: str = "", unit: str = "ms", ax=None, log: bool = False,
+                caption: str = "", alt: str = ""):
     """Grouped bars: one group per percentile, one bar per design; the ideal as dashed lines."""
     for p in ps:
         v.number("ps", p, low=0, high=100)
@@ -71,11 +177,12 @@ def percentiles(results, *, ideal: Mapping | None = None, ps: Sequence[float] = 
         ax.set_yscale("log")
     ax.set_title(title)
     ax.legend(fontsize=8)
-    return fig
+    return describe(fig, caption, alt)
 
 
 def distributions(results, *, ideal: Mapping | None = None, title: str = "",
-                  unit: str = "ms", ax=None, log: bool = True):
+                  unit: str = "ms", ax=None, log: bool = True, caption: str = "",
+                  alt: str = ""):
     """Empirical CDFs of latency, one line per design; the ideal as a dashed vertical line."""
     labels, series = _labels(results)
     fig, ax = _axes(ax)
@@ -93,12 +200,12 @@ def distributions(results, *, ideal: Mapping | None = None, title: str = "",
     ax.set_ylabel("fraction of requests ≤ x")
     ax.set_title(title)
     ax.legend(fontsize=8)
-    return fig
+    return describe(fig, caption, alt)
 
 
 def measured_vs_ideal(x: Sequence, measured: Mapping, ideal: Mapping | None = None, *,
                       xlabel: str = "", ylabel: str = "", title: str = "", ax=None,
-                      logy: bool = False):
+                      logy: bool = False, caption: str = "", alt: str = ""):
     """Lines with markers for each measured series, dashed lines for each analytic one."""
     x = list(x)
     fig, ax = _axes(ax)
@@ -115,11 +222,12 @@ def measured_vs_ideal(x: Sequence, measured: Mapping, ideal: Mapping | None = No
         ax.set_yscale("log")
     ax.set_title(title)
     ax.legend(fontsize=8)
-    return fig
+    return describe(fig, caption, alt)
 
 
 def _axes(ax):
     if ax is None:
         fig, ax = plt.subplots(layout="constrained")
+        _register_png_formatter()   # after the backend is surely loaded
         return fig, ax
     return ax.figure, ax

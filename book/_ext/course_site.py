@@ -1,0 +1,244 @@
+"""The course's own Sphinx extension: what the book site needs beyond Jupyter Book's settings.
+
+Loaded from ``_config.yml`` (``sphinx.local_extensions``). It does five small things:
+
+* **One repository URL, or none.** ``repository.url`` in ``_config.yml`` is the one setting. It
+  is left empty in the repository; the deploy workflow fills it from the forge's own variables
+  (``COURSE_REPOSITORY_URL``, and ``COURSE_REPOSITORY_BRANCH``), and a local build reads it from
+  the git remote ``origin``. Credentials in a remote URL are dropped. With no URL, or one on a
+  host the theme cannot build launch links for, the repository and launch buttons are not shown
+  at all (a button whose target is unknown is a dead link). Binder is offered for GitHub and
+  GitLab, Colab for GitHub, JupyterHub only when ``COURSE_JUPYTERHUB_URL`` (or
+  ``launch_buttons.jupyterhub_url``) names a hub.
+* **The download is the executed notebook.** The theme's ``.ipynb`` download serves the page's
+  source, which is stored without outputs; after the build, each notebook page's download is
+  replaced by the notebook as executed for that page, outputs included.
+* **Numbered figures with captions and alt text.** ``toylib.present.plots`` writes a figure's
+  caption and description into its PNG (the standard ``Title`` and ``Description`` text
+  chunks). Here each notebook image that carries them becomes a numbered figure with that
+  caption, and its alt text says what the figure shows, not the file's name.
+* **No duplicate inline script.** sphinx-thebe adds its configuration script
+  (``const THEBE_JS_URL = ...``) once per build, and Jupyter Book builds twice in one process
+  for some configurations, so pages carried it twice and threw "Identifier 'THEBE_JS_URL' has
+  already been declared". Identical inline scripts are kept once.
+* **The site's stylesheet** (``book/_static``): full tables, visible
+  scrolling, readable Mermaid diagrams in both colour modes, and the kernel-free explorers of
+  ``toylib.present.explorer``.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import struct
+import subprocess
+import zlib
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from docutils import nodes
+from sphinx.application import Sphinx
+from sphinx.util import logging
+
+LOG = logging.getLogger(__name__)
+HERE = Path(__file__).resolve().parent
+STATIC = HERE.parent / "_static"
+# The hosts sphinx-book-theme can build launch and source links for.
+HOSTS = {"github.com": "github", "gitlab.com": "gitlab", "bitbucket.org": "bitbucket"}
+BINDER_HOSTS = {"github", "gitlab"}
+COLAB_HOSTS = {"github"}
+SCP_REMOTE = re.compile(r"^(?:[\w.-]+@)?([\w.-]+):(?!//)(.+)$")   # git@host:owner/repo.git
+
+
+# -- the repository URL -----------------------------------------------------------------------
+def normalise_url(url: str) -> str:
+    """An https URL of the repository, without credentials or ``.git``; "" if not one."""
+    url = (url or "").strip()
+    if not url:
+        return ""
+    scp = SCP_REMOTE.match(url)
+    if scp and "://" not in url:
+        url = f"https://{scp.group(1)}/{scp.group(2)}"
+    parts = urlsplit(url)
+    if parts.scheme not in ("https", "http", "ssh", "git") or not parts.hostname:
+        return ""
+    path = re.sub(r"\.git$", "", parts.path.rstrip("/"))
+    if path.count("/") < 2:                       # needs /owner/repo
+        return ""
+    host = parts.hostname + (f":{parts.port}" if parts.port and parts.scheme != "ssh" else "")
+    return urlunsplit(("https", host, path, "", ""))
+
+
+def git_remote_url(root: Path) -> str:
+    try:
+        out = subprocess.run(["git", "remote", "get-url", "origin"], cwd=root,
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return out.stdout.strip() if out.returncode == 0 else ""
+
+
+def git_branch(root: Path) -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--abbrev-ref", "HEAD"], cwd=root,
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    branch = out.stdout.strip() if out.returncode == 0 else ""
+    return "" if branch == "HEAD" else branch
+
+
+def resolve_repository(configured: str, root: Path, environ=os.environ) -> str:
+    """The repository URL: the environment's, else the configured one, else git's origin."""
+    for candidate in (environ.get("COURSE_REPOSITORY_URL", ""), configured, git_remote_url(root)):
+        url = normalise_url(candidate)
+        if url:
+            return url
+    return ""
+
+
+def provider_of(url: str) -> str:
+    return HOSTS.get(urlsplit(url).hostname or "", "") if url else ""
+
+
+def launch_settings(theme_options: dict, url: str, branch: str, environ=os.environ) -> dict:
+    """``html_theme_options`` with only the buttons whose targets are known."""
+    opts = dict(theme_options)
+    provider = provider_of(url)
+    launch = dict(opts.get("launch_buttons") or {})
+    hub = (environ.get("COURSE_JUPYTERHUB_URL") or launch.get("jupyterhub_url") or "").strip()
+    if not provider:
+        url = ""
+    launch["binderhub_url"] = launch.get("binderhub_url", "") if provider in BINDER_HOSTS else ""
+    launch["colab_url"] = launch.get("colab_url", "") if provider in COLAB_HOSTS else ""
+    launch["jupyterhub_url"] = hub if provider and hub else ""
+    launch["thebe"] = False
+    opts["launch_buttons"] = launch
+    opts["repository_url"] = url
+    opts["repository_branch"] = branch or "main"
+    opts["use_repository_button"] = bool(url)
+    opts["use_issues_button"] = bool(url) and bool(opts.get("use_issues_button"))
+    opts["use_edit_page_button"] = bool(url) and bool(opts.get("use_edit_page_button"))
+    if not url:
+        opts.pop("repository_url", None)
+    return opts
+
+
+def configure(app: Sphinx, config) -> None:
+    root = Path(app.confdir)
+    theme = dict(config.html_theme_options or {})
+    url = resolve_repository(theme.get("repository_url", ""), root)
+    branch = (os.environ.get("COURSE_REPOSITORY_BRANCH") or theme.get("repository_branch")
+              or git_branch(root) or "main")
+    config.html_theme_options = launch_settings(theme, url, branch)
+    shown = [k.removesuffix("_url") for k in ("binderhub_url", "colab_url", "jupyterhub_url")
+             if config.html_theme_options["launch_buttons"].get(k)]
+    LOG.info(f"course_site: repository {url or '(none: no repository or launch buttons)'}; "
+             f"launch buttons: {', '.join(shown) or 'none'}")
+    config.html_static_path = list(config.html_static_path or []) + [str(STATIC)]
+
+
+# -- one copy of each inline script -----------------------------------------------------------
+def dedupe_scripts(app: Sphinx, pagename, templatename, context, doctree) -> None:
+    scripts = context.get("script_files")
+    if not scripts:
+        return
+    seen, kept = set(), []
+    for js in scripts:
+        body = getattr(js, "attributes", {}).get("body") if not isinstance(js, str) else None
+        key = ("body", body) if body else ("src", str(js))
+        if body and key in seen:
+            continue
+        seen.add(key)
+        kept.append(js)
+    context["script_files"] = kept
+
+
+# -- the executed notebook as the download ----------------------------------------------------
+def executed_notebook(app: Sphinx, docname: str) -> Path | None:
+    folder = Path(app.env.mystnb_config.output_folder) if hasattr(app.env, "mystnb_config") \
+        else Path(app.outdir).parent / "jupyter_execute"
+    path = folder / f"{docname}.ipynb"
+    return path if path.is_file() else None
+
+
+def offer_executed_notebooks(app: Sphinx, exception) -> None:
+    if exception is not None or app.builder.format != "html":
+        return
+    replaced = 0
+    for docname in app.env.found_docs:
+        if not app.env.doc2path(docname).endswith(".ipynb"):
+            continue
+        source = Path(app.outdir) / "_sources" / f"{docname}.ipynb"
+        executed = executed_notebook(app, docname)
+        if executed is not None and source.parent.is_dir():
+            shutil.copyfile(executed, source)
+            replaced += 1
+    LOG.info(f"course_site: {replaced} notebook downloads are the executed notebooks")
+
+
+# -- figures: caption and alt text from the PNG -----------------------------------------------
+def png_text(path: Path) -> dict[str, str]:
+    """The text chunks (tEXt, iTXt, zTXt) of a PNG file."""
+    out: dict[str, str] = {}
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return out
+    if not data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return out
+    pos = 8
+    while pos + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        body = data[pos + 8:pos + 8 + length]
+        pos += 12 + length
+        try:
+            if kind == b"tEXt":
+                key, _, value = body.partition(b"\0")
+                out[key.decode("latin-1")] = value.decode("latin-1")
+            elif kind == b"zTXt":
+                key, _, rest = body.partition(b"\0")
+                out[key.decode("latin-1")] = zlib.decompress(rest[1:]).decode("latin-1")
+            elif kind == b"iTXt":
+                key, _, rest = body.partition(b"\0")
+                compressed, rest = rest[0], rest[2:]
+                _lang, _, rest = rest.partition(b"\0")
+                _translated, _, text = rest.partition(b"\0")
+                text = zlib.decompress(text) if compressed else text
+                out[key.decode("latin-1")] = text.decode("utf-8")
+            elif kind == b"IEND":
+                break
+        except (ValueError, zlib.error, IndexError, UnicodeDecodeError):
+            continue
+    return out
+
+
+def caption_figures(app: Sphinx, doctree) -> None:
+    docname = app.env.docname
+    count = 0
+    for image in list(doctree.findall(nodes.image)):
+        uri = image.get("uri", "")
+        if not uri.lower().endswith(".png") or isinstance(image.parent, nodes.figure):
+            continue
+        _rel, path = app.env.relfn2path(uri, docname)
+        text = png_text(Path(path))
+        caption, alt = text.get("Title", "").strip(), text.get("Description", "").strip()
+        if alt:
+            image["alt"] = alt
+        if not caption:
+            continue
+        count += 1
+        figure = nodes.figure(classes=["course-figure"])
+        figure["ids"] = [f"course-figure-{count}"]
+        image.replace_self(figure)
+        figure += image
+        figure += nodes.caption(caption, caption)
+
+
+def setup(app: Sphinx) -> dict:
+    app.connect("config-inited", configure, priority=100)
+    app.connect("doctree-read", caption_figures)
+    app.connect("html-page-context", dedupe_scripts, priority=900)
+    app.connect("build-finished", offer_executed_notebooks)
+    app.add_css_file("course.css")
+    return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}
