@@ -8,9 +8,18 @@ import pytest
 
 from toylib.testing import binomial_margin, thread_count
 from toylib.chapters import ch01_monolith as monolith
-from toylib.chapters.ch01_monolith import MIGRATIONS, Knobs, Migration, after, before, ideal, order_for
+from toylib import claims
+from toylib.chapters.ch01_monolith import MIGRATIONS, Knobs, Migration, design, ideal, order_for
 
 K0 = Knobs(latency_ms=0)
+
+
+def before(k=None):
+    return design("before", k)
+
+
+def after(k=None):
+    return design("after", k)
 
 
 # -- the schema change ----------------------------------------------------------------------------
@@ -24,7 +33,7 @@ K0 = Knobs(latency_ms=0)
 async def test_a_migration_breaks_the_shared_design_with_sqlites_own_error(column, broken,
                                                                            errors, leakcheck):
     migration = next(m for m in MIGRATIONS if m.column == column)
-    df = await monolith.blast_radius("before", migration)
+    df = (await monolith.blast_radius(K0, migration)).frames["before"]
     assert df["worked before"].all()
     assert set(df.index[df.broken]) == broken
     assert not df.loc["customer", "broken"]          # the owner shipped its code with it
@@ -39,7 +48,7 @@ async def test_a_migration_breaks_the_shared_design_with_sqlites_own_error(colum
 @pytest.mark.parametrize("migration", MIGRATIONS, ids=str)
 async def test_the_same_migration_breaks_nobody_when_services_own_their_data(migration,
                                                                             leakcheck):
-    df = await monolith.blast_radius("after", migration)
+    df = (await monolith.blast_radius(K0, migration)).frames["after"]
     assert df["worked before"].all()
     assert not df.broken.any(), df.error.to_dict()
 
@@ -62,8 +71,8 @@ async def test_the_owner_keeps_its_event_contract_through_a_rename(leakcheck):
 # -- the two designs do the same business ---------------------------------------------------------
 async def test_both_designs_price_every_order_the_same_and_keep_their_files(leakcheck):
     answers, folders = {}, {}
-    for name, build in monolith.DESIGNS.items():
-        async with build(K0) as system:
+    for name in monolith.DESIGNS:
+        async with design(name, K0) as system:
             answers[name] = [await system.place_order(i) for i in range(12)]
             folders[name] = system.ws.path
             files = system.ws.files()
@@ -89,8 +98,8 @@ async def test_before_makes_four_synchronous_calls_per_order(leakcheck):
 # -- availability ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("service", monolith.DEPENDENCIES)
 async def test_one_dependency_down_fails_every_order_before_and_none_after(service, leakcheck):
-    b = await monolith.availability("before", K0, n=20, down=service)
-    a = await monolith.availability("after", K0, n=20, down=service)
+    res = await monolith.availability(K0, n=20, down=service)
+    b, a = res.rows["before"], res.rows["after"]
     assert b["answered ok"] == 0.0
     assert a["answered ok"] == 1.0 and a["accepted orders processed everywhere"] == 1.0
     assert a["not processed"] == 0
@@ -99,23 +108,25 @@ async def test_one_dependency_down_fails_every_order_before_and_none_after(servi
 async def test_availability_tracks_the_product_of_availabilities_and_replays(leakcheck):
     k = Knobs(latency_ms=0, p=0.1, seed=5)
     n = 200
-    b = await monolith.availability("before", k, n=n)
-    a = await monolith.availability("after", k, n=n)
+    res = await monolith.availability(k, n=n)
+    b, a = res.rows["before"], res.rows["after"]
     want = ideal(k)
     assert want["success_before"] == pytest.approx(0.9 ** 5)
     assert abs(b["answered ok"] - want["success_before"]) <= binomial_margin(
         want["success_before"], n)
     assert abs(a["answered ok"] - want["accept_after"]) <= binomial_margin(want["accept_after"], n)
     assert a["accepted orders processed everywhere"] == 1.0 and a["not processed"] == 0
-    assert (await monolith.availability("before", k, n=n))["answered ok"] == b["answered ok"]
+    async with before(k) as system:          # the faults are seeded: the run replays
+        again = await monolith.take_orders(system, n)
+    assert again["answered ok"] == b["answered ok"]
 
 
 # -- the outage -----------------------------------------------------------------------------------
 async def test_no_order_is_lost_through_an_outage_and_the_lag_drains(leakcheck):
     k = Knobs(latency_ms=20)
     kw = dict(service="inventory", start_s=0.3, duration_s=0.6, rate=20, seconds=1.5)
-    run_after = await monolith.outage_run("after", k, **kw)
-    run_before = await monolith.outage_run("before", k, **kw)
+    res = await monolith.outage(k, **kw)
+    run_after, run_before = res.after, res.before
     assert run_after.answered_ok == 1.0
     assert run_before.answered_ok < 0.85
     rec = run_after.reconcile
@@ -154,8 +165,8 @@ async def test_accepting_is_about_five_times_faster_than_the_chain(leakcheck):
     ratios = []
     for attempt in range(3):
         med = {}
-        for name, build in monolith.DESIGNS.items():
-            async with build(k) as system:
+        for name in monolith.DESIGNS:
+            async with design(name, k) as system:
                 r = await monolith.order_latencies(system, 5, first=5 * attempt)
                 med[name] = r.latencies.median()
                 if name == "after":
@@ -179,8 +190,8 @@ def test_ideal_figures():
 # -- scopes ---------------------------------------------------------------------------------------
 async def test_leaving_the_block_on_error_stops_everything_and_deletes_the_databases(leakcheck):
     threads = thread_count()
-    for build in monolith.DESIGNS.values():
-        system = build(K0)
+    for name in monolith.DESIGNS:
+        system = design(name, K0)
         with pytest.raises(RuntimeError, match="boom"):
             async with system:
                 folder = system.ws.path
@@ -226,12 +237,12 @@ def test_migrations_reject_bad_values_naming_the_parameter(kw, param):
 
 async def test_experiments_reject_bad_values_naming_the_parameter():
     cases = [
-        (monolith.availability("sideways", K0), "design"),
-        (monolith.availability("before", K0, down="order"), "down"),
-        (monolith.blast_radius("before", "rename id"), "migration"),
-        (monolith.outage_run("after", K0, service="cache"), "service"),
-        (monolith.outage_run("after", K0, start_s=3, duration_s=2, seconds=4), "duration_s"),
-        (monolith.outage_run("after", K0, rate=0), "rate"),
+        (monolith.availability("sideways"), "knobs"),
+        (monolith.availability(K0, down="order"), "down"),
+        (monolith.blast_radius(K0, "rename id"), "migration"),
+        (monolith.outage(K0, service="cache"), "service"),
+        (monolith.outage(K0, start_s=3, duration_s=2, seconds=4), "duration_s"),
+        (monolith.outage(K0, rate=0), "rate"),
     ]
     for coro, param in cases:
         with pytest.raises((ValueError, TypeError)) as e:
@@ -239,8 +250,10 @@ async def test_experiments_reject_bad_values_naming_the_parameter():
         assert str(e.value).startswith(param + " "), str(e.value)
     with pytest.raises(ValueError, match="^i "):
         order_for(-1, K0)
-    with pytest.raises(TypeError, match="^k "):
+    with pytest.raises(TypeError, match="^knobs "):
         before({"latency_ms": 5})
+    with pytest.raises(ValueError, match="^name "):
+        design("sideways", K0)
     with pytest.raises(ValueError, match="^service "):
         async with before(K0) as system:
             await system.down("order")
@@ -248,11 +261,88 @@ async def test_experiments_reject_bad_values_naming_the_parameter():
 
 async def test_a_consumer_slower_than_the_arrivals_does_not_drain_but_keeps_its_events(
         leakcheck):
-    run = await monolith.outage_run("after", Knobs(latency_ms=50), service="pricing",
-                                    start_s=0.2, duration_s=0.2, rate=40, seconds=1.0,
-                                    drain_timeout=0.2)
+    async with after(Knobs(latency_ms=50)) as system:
+        run = await monolith.outage_probe(system, service="pricing", start_s=0.2,
+                                          duration_s=0.2, rate=40, seconds=1.0,
+                                          drain_timeout=0.2)
     assert run.drained_s != run.drained_s                 # NaN: never back to zero
     rec = run.reconcile
     assert rec.loc["pricing", "not processed"] > 0
     assert (rec["orders accepted"] == 40).all()
     assert run.answered_ok == 1.0                          # the order service did not care
+
+
+# -- the contract and the claims ------------------------------------------------------------------
+def test_the_chapter_follows_the_contract():
+    assert monolith.CHAPTER == "ch01_monolith"
+    assert set(monolith.DESIGNS) == {"before", "after"}
+    for name in monolith.DESIGNS:
+        d = design(name)
+        assert d.chapter == monolith.CHAPTER and d.name == name and not d.running
+        assert d.k == Knobs() and d.topology.name.endswith(name)
+        assert "Order Service" in str(d.diagram())
+    ids = claims.claim_ids(monolith.CLAIMS)
+    assert all(i.startswith("ch01_monolith.") for i in ids)
+    with pytest.raises(RuntimeError, match="not running"):
+        await_never = before(K0)
+        await_never.require_running()
+
+
+def _fake_findings(before_ms, after_ms, k_after_down=100, fail_before=120, fail_after=30,
+                   broken_after=0):
+    """findings() from hand-made results: the verdict rules, without running anything."""
+    import pandas as pd
+    from toylib.core.load import LoadResult
+
+    def run(ms):
+        df = pd.DataFrame({"latency_ms": [ms] * 5, "ok": [True] * 5,
+                           "completion_ms": [2 * ms] * 5})
+        return LoadResult(df, "sequential", 1.0)
+    k = Knobs(latency_ms=50)
+    lat = monolith.Latency(k, 5, {"before": [run(b) for b in before_ms],
+                                  "after": [run(a) for a in after_ms]})
+    row = lambda ok, n=100: {"ok": ok, "orders": n, "not processed": 0}   # noqa: E731
+    deg = [monolith.Availability(K0, s, {"before": row(0), "after": row(k_after_down // 4, 25)})
+           for s in monolith.DEPENDENCIES]
+    flaky = monolith.Availability(Knobs(latency_ms=0, p=0.1), "",
+                                  {"before": row(400 - fail_before, 400),
+                                   "after": row(400 - fail_after, 400)})
+    frame = lambda broken: pd.DataFrame(                                  # noqa: E731
+        {"broken": [s in broken for s in monolith.SERVICES]}, index=list(monolith.SERVICES))
+    radius = [monolith.BlastRadius(m, {"before": frame({"order", "pricing"}),
+                                       "after": frame({"pricing"} if broken_after else set())})
+              for m in MIGRATIONS]
+    return {f.claim.id.split(".")[1]: f.verdict
+            for f in monolith.findings(lat, deg, flaky, radius)}
+
+
+def test_findings_judge_every_claim_by_its_interval():
+    got = _fake_findings([250, 252, 260], [51, 52, 55])
+    assert got == {"latency": claims.HOLDS_IF, "degradation": claims.HOLDS,
+                   "availability_10x": claims.FAILS, "deployment": claims.HOLDS}
+    # a latency factor whose trials straddle the threshold (3.2x) is not decided
+    assert _fake_findings([250, 252, 260], [51, 60, 90])["latency"] == claims.NOT_SHOWN
+    assert _fake_findings([150, 150, 150], [50, 50, 50])["latency"] == claims.FAILS
+    # too few orders with a service down cannot show 95 %; one broken service fails it
+    assert _fake_findings([250] * 3, [50] * 3, k_after_down=96)["degradation"] != claims.HOLDS
+    assert _fake_findings([250] * 3, [50] * 3, broken_after=1)["deployment"] == claims.FAILS
+    # a factor of 13 with tight intervals holds
+    assert _fake_findings([250] * 3, [50] * 3, fail_before=390, fail_after=10
+                          )["availability_10x"] != claims.FAILS
+
+
+def test_findings_refuse_results_that_cannot_judge():
+    with pytest.raises(TypeError, match="^latency "):
+        monolith.findings(None, [], None, [])
+
+
+async def test_the_audit_judges_every_claim_the_same_way_twice(leakcheck):
+    first = await monolith.audit()
+    assert [f.claim for f in first] == list(monolith.CLAIMS)
+    assert {f.claim.id: f.verdict for f in first} == {
+        "ch01_monolith.latency": claims.HOLDS_IF, "ch01_monolith.degradation": claims.HOLDS,
+        "ch01_monolith.availability_10x": claims.FAILS, "ch01_monolith.deployment": claims.HOLDS}
+    table = claims.table(first)
+    assert len(table.records()) == 4 and "| latency |" in table.markdown()
+    with pytest.raises(ValueError, match="^knobs.p "):
+        await monolith.audit(Knobs(p=0))

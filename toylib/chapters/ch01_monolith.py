@@ -12,8 +12,14 @@
 
 Every service's own work costs ``latency_ms`` in both designs (per request before; per request
 for the order service and per event for the others after) and fails with probability ``p``.
-The experiments at the end of the module are the chapter's: order latency, availability, the
-blast radius of a schema migration, and an outage with its queue lag and drain.
+The module follows the chapter contract of :mod:`toylib.chapters.design`: :class:`Knobs`, the
+designs in ``DESIGNS`` (built with :func:`design`, run with ``async with``), probes that take a
+running design first (:func:`order_latencies`, :func:`take_orders`, :func:`migration_probe`,
+:func:`outage_probe`), the chapter's experiments, which take knobs and build and release both
+designs themselves (:func:`latency`, :func:`availability`, :func:`degradation`,
+:func:`blast_radius`, :func:`outage`), the source article's claims declared once
+(:data:`CLAIMS`), judged by :func:`findings`, and :func:`audit`, a small run of everything
+behind them. :func:`sweep` runs the outage over a small grid of knobs for the static site.
 """
 from __future__ import annotations
 
@@ -21,7 +27,7 @@ import asyncio
 import random
 from collections import Counter
 from contextlib import AsyncExitStack, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import pandas as pd
 from aiohttp import web
@@ -30,12 +36,14 @@ from toylib.core import validate as v
 from toylib.core import load
 from toylib.data.bus import EventBus
 from toylib.data.db import Database
-from toylib.chapters.design import Experiment
-from toylib.core.faults import Error, Latency
+from toylib.chapters.design import Design, build
+from toylib.claims import Claim, Estimate, Finding
+from toylib.core.faults import Error, Latency as Delay
 from toylib.data.outbox import IdempotentConsumer, Outbox
 from toylib.core.services import CallError, Node, Service, Store, Topology
 from toylib.core.clock import now
 
+CHAPTER = "ch01_monolith"
 DEPENDENCIES = ("customer", "pricing", "inventory", "payment")   # the order service's, in order
 SERVICES = ("order",) + DEPENDENCIES
 TIER_DISCOUNT = {"standard": 0.0, "silver": 0.05, "gold": 0.10}
@@ -64,9 +72,13 @@ OWNS = {"order": ("orders", "customer_view", "price_view"), "customer": ("custom
         "pricing": ("prices",), "inventory": ("stock",), "payment": ("payments",)}
 
 
+MAX_P = 0.5                  # above it a consumer retries most events several times over
+MAX_ORDERS = 5_000           # per run of an experiment: minutes at most, on a laptop
+
+
 @dataclass(frozen=True)
 class Knobs:
-    """The chapter's knobs, validated once."""
+    """The chapter's knobs, validated once (a bad value raises, naming the field and range)."""
     latency_ms: float = 50.0     # each service's own work, per request or per event
     p: float = 0.0               # probability that one piece of a service's work fails
     customers: int = 20
@@ -77,12 +89,22 @@ class Knobs:
 
     def __post_init__(self):
         v.number("latency_ms", self.latency_ms, low=0, high=2000)
-        v.probability("p", self.p)
+        v.number("p", self.p, low=0, high=MAX_P)
         v.number("customers", self.customers, low=1, high=10_000, integer=True)
         v.number("skus", self.skus, low=1, high=1000, integer=True)
         v.number("partitions", self.partitions, low=1, high=64, integer=True)
         v.number("retry_delay_s", self.retry_delay_s, low=0, high=5)
-        v.number("seed", self.seed, integer=True)
+        v.number("seed", self.seed, low=0, high=2**32 - 1, integer=True)
+
+
+def _knobs(knobs, param: str = "knobs") -> Knobs:
+    """``knobs`` itself, or the defaults for None; anything else is refused."""
+    if knobs is None:
+        return Knobs()
+    if not isinstance(knobs, Knobs):
+        raise TypeError(f"{param} must be a {CHAPTER}.Knobs (or None for the defaults); "
+                        f"got {knobs!r}")
+    return knobs
 
 
 @dataclass(frozen=True)
@@ -116,23 +138,29 @@ MIGRATIONS = (Migration("email", "contact_email"), Migration("tier", "loyalty_ti
 
 # -- the data, identical in both designs ----------------------------------------------------------
 def customer_rows(k: Knobs) -> list[tuple]:
+    k = _knobs(k, "k")
     tiers = list(TIER_DISCOUNT)
     return [(c, f"customer {c}", f"c{c}@example.com", tiers[c % len(tiers)])
             for c in range(1, k.customers + 1)]
 
 
 def price_rows(k: Knobs) -> list[tuple]:
+    k = _knobs(k, "k")
     return [(f"sku-{j}", 10.0 + 5 * j) for j in range(k.skus)]
 
 
 def order_for(i: int, k: Knobs) -> dict:
     """Request ``i``'s order: the same customer, sku and quantity in both designs."""
-    v.non_negative("i", i, integer=True)
+    v.number("i", i, low=0, high=10**9, integer=True)
+    k = _knobs(k, "k")
     return {"customer_id": 1 + (7 * i) % k.customers, "sku": f"sku-{i % k.skus}",
             "qty": 1 + i % 3}
 
 
 def price_total(price: float, qty: int, tier: str) -> float:
+    v.number("price", price, low=0, high=1e9)
+    v.number("qty", qty, low=1, high=10**6, integer=True)
+    v.one_of("tier", tier, TIER_DISCOUNT)
     return round(price * qty * (1 - TIER_DISCOUNT[tier]), 2)
 
 
@@ -143,6 +171,11 @@ def customer_sql(columns: dict) -> dict:
     map. Every other team's SQL is fixed text, written when that team last deployed. The
     aliases keep what the team publishes (its API answers and its events) unchanged.
     """
+    if not isinstance(columns, dict) or set(columns) != set(CUSTOMER_COLUMNS):
+        raise ValueError(f"columns must map each of {list(CUSTOMER_COLUMNS)} to its current "
+                         f"name; got {columns!r}")
+    for col, name in columns.items():
+        v.name(f"columns[{col!r}]", name)
     c = columns
     return {
         "get": f"SELECT {c['id']} AS id, {c['name']} AS name, {c['email']} AS email, "
@@ -331,36 +364,36 @@ class TransientFailure(Exception):
 
 
 # -- the two designs as running systems -----------------------------------------------------------
-class _Design(Experiment):
+class _Shop(Design):
     """What both designs share: knobs, a workspace of SQLite files, a topology, a scope.
 
     ``async with`` opens the databases, starts the services (and, after, the relays and
     consumers); leaving it stops everything and deletes the databases, even on error.
     """
-    prefix = "monolith"
+    chapter = CHAPTER
+    databases = True
 
-    def __init__(self, k: Knobs | None = None):
-        if k is not None and not isinstance(k, Knobs):
-            raise TypeError(f"k must be a monolith.Knobs or None; got {k!r}")
-        self.k = k or Knobs()
+    def __init__(self, knobs: Knobs | None = None):
+        self.k = _knobs(knobs)
         self.columns = {c: c for c in CUSTOMER_COLUMNS}   # the customer team's current names
         self.db: dict[str, Database] = {}
-        super().__init__(Topology(*self._nodes(), name=f"monolith: {self.design}",
-                                  seed=self.k.seed))
-        for svc in self.topology.services.values():
+        super().__init__(self.k)
+
+    def build(self) -> Topology:
+        topology = Topology(*self.nodes(), name=f"{CHAPTER}: {self.name}", seed=self.k.seed)
+        for svc in topology.services.values():
             if self.k.latency_ms:
-                svc.faults.add(Latency(self.k.latency_ms))
+                svc.faults.add(Delay(self.k.latency_ms))
             if self.k.p:
                 svc.faults.add(Error(self.k.p, 503))
+        return topology
 
-    def _nodes(self) -> list[Node]:
+    def nodes(self) -> list[Node]:
         raise NotImplementedError
 
-    def _forget(self) -> None:
+    def forget(self) -> None:
         self.db.clear()                      # closed, with their folder, by the workspace
-
-    async def _open(self) -> None:
-        raise NotImplementedError
+        self.columns = {c: c for c in CUSTOMER_COLUMNS}
 
     async def _load_data(self, db: Database, tables) -> None:
         await db.executescript("\n".join(TABLES[t] for t in tables))
@@ -378,13 +411,15 @@ class _Design(Experiment):
     # -- what an experiment does ------------------------------------------------------------------
     async def place_order(self, i: int, *, trace_id: str | None = None) -> dict:
         """Send request ``i`` (see :func:`order_for`) to the order service; its answer."""
+        self.require_running()
         return await self.topology.call("order", "POST", "/orders", json=order_for(i, self.k),
                                         trace_id=trace_id)
 
     async def migrate(self, migration: Migration) -> None:
         """Run the owner's migration on the owner's connection and deploy the owner's code."""
         if not isinstance(migration, Migration):
-            raise TypeError(f"migration must be a monolith.Migration; got {migration!r}")
+            raise TypeError(f"migration must be a {CHAPTER}.Migration; got {migration!r}")
+        self.require_running()
         if self.columns[migration.column] != migration.column:
             raise ValueError(f"migration must rename a column not renamed yet; "
                              f"{migration.column!r} is now {self.columns[migration.column]!r}")
@@ -392,6 +427,7 @@ class _Design(Experiment):
         self.columns[migration.column] = migration.new
 
     async def down(self, service: str) -> None:
+        self.require_running()
         await self.topology.service(v.one_of("service", service, DEPENDENCIES)).down()
 
     async def up(self, service: str) -> None:
@@ -400,8 +436,8 @@ class _Design(Experiment):
     async def outage(self, service: str, start_s: float, duration_s: float) -> tuple:
         """Take ``service`` down ``start_s`` from now for ``duration_s``; (t_down, t_up)."""
         v.one_of("service", service, DEPENDENCIES)
-        v.non_negative("start_s", start_s)
-        v.positive("duration_s", duration_s)
+        v.number("start_s", start_s, low=0, high=60)
+        v.number("duration_s", duration_s, low=0, high=60, low_open=True)
         await asyncio.sleep(start_s)
         t_down = now()
         await self.down(service)
@@ -412,30 +448,37 @@ class _Design(Experiment):
 
     async def drain(self, timeout: float = 10.0) -> None:
         """Wait until every accepted order has been processed everywhere (after only)."""
+        v.number("timeout", timeout, low=0, high=600, low_open=True)
+
+    def _check_customer(self, customer_id: int, tier: str) -> None:
+        self.require_running()
+        v.number("customer_id", customer_id, low=1, high=self.k.customers, integer=True)
+        v.one_of("tier", tier, TIER_DISCOUNT)
 
 
-class DistributedMonolith(_Design):
+class DistributedMonolith(_Shop):
     """Before: one shared SQLite file, four synchronous calls per order."""
-    design = "before"
+    name = "before"
 
-    def _nodes(self) -> list[Node]:
+    def nodes(self) -> list[Node]:
         return [Node("client", "edge", label="Client", uses=("order",), shape="client"),
                 sync_order_service(self), *shared_db_services(self),
                 Store("shared_db", label="Shared Database (one SQLite file)")]
 
-    async def _open(self) -> None:
+    async def open_databases(self) -> None:
         for name in SERVICES:                        # five connections, one file
             self.db[name] = await self.ws.database("shared", owner=name)
         await self._load_data(self.db["order"], SHARED_TABLES)
 
     async def update_customer(self, customer_id: int, tier: str) -> None:
-        v.one_of("tier", tier, TIER_DISCOUNT)
+        self._check_customer(customer_id, tier)
         await self.db["customer"].execute(customer_sql(self.columns)["set_tier"],
                                           (tier, customer_id))
 
     async def probe(self) -> dict:
         """Ask each service to do its part of one order, directly: None if it worked, else
         the error it answered with (its own, or the one it got from a service it called)."""
+        self.require_running()
         o = order_for(0, self.k)
         calls = {"customer": ("POST", f"/customers/{o['customer_id']}/orders", None),
                  "pricing": ("POST", "/quote", o),
@@ -451,13 +494,13 @@ class DistributedMonolith(_Design):
         return result
 
 
-class OwnedData(_Design):
+class OwnedData(_Shop):
     """After: a database per service; the order service answers once its own transaction
     commits, and the others catch up through the event bus."""
-    design = "after"
+    name = "after"
 
-    def __init__(self, k: Knobs | None = None):
-        super().__init__(k)
+    def __init__(self, knobs: Knobs | None = None):
+        super().__init__(knobs)
         self.bus: EventBus | None = None
         self.outbox: dict[str, Outbox] = {}
         self.relays: dict = {}
@@ -468,7 +511,7 @@ class OwnedData(_Design):
         self.failures: Counter = Counter()  # service -> injected failures
         self.last_error: dict[str, str] = {}
 
-    def _nodes(self) -> list[Node]:
+    def nodes(self) -> list[Node]:
         topics = [Node("orders_topic", "control", label="orders topic", shape="queue",
                        uses=DEPENDENCIES),
                   Node("customers_topic", "control", label="customers topic", shape="queue",
@@ -481,7 +524,10 @@ class OwnedData(_Design):
         return [Node("client", "edge", label="Client", uses=("order",), shape="client"),
                 *owned_data_services(self), *stores, *topics]
 
-    async def _open(self) -> None:
+    async def open_databases(self) -> None:
+        self.attempts.clear()
+        self.failures.clear()
+        self.last_error.clear()
         for name in SERVICES:                        # five files, one owner each
             self.db[name] = await self.ws.database(name)
             await self._load_data(self.db[name], OWNS[name])
@@ -500,7 +546,12 @@ class OwnedData(_Design):
         row = await self.db["customer"].fetchone(customer_sql(self.columns)["get"], (cid,))
         await self.outbox["customer"].emit("customers", f"customer-{cid}", _customer(row))
 
-    async def _start(self, stack: AsyncExitStack) -> None:
+    def forget(self) -> None:
+        super().forget()
+        self.outbox.clear()
+        self.consumers.clear()
+
+    async def start_beside(self, stack: AsyncExitStack) -> None:
         k = self.k
         self.bus = EventBus(clock=now)
         for topic in ("orders", "customers", "prices"):
@@ -547,7 +598,7 @@ class OwnedData(_Design):
 
     async def update_customer(self, customer_id: int, tier: str) -> None:
         """The customer team changes a customer and publishes it, in one transaction."""
-        v.one_of("tier", tier, TIER_DISCOUNT)
+        self._check_customer(customer_id, tier)
         async with self.db["customer"].transaction():
             await self.db["customer"].execute(customer_sql(self.columns)["set_tier"],
                                               (tier, customer_id))
@@ -566,7 +617,8 @@ class OwnedData(_Design):
             self.groups[service].add_consumer()   # resumes at the group's committed offset
 
     async def drain(self, timeout: float = 10.0) -> None:
-        v.positive("timeout", timeout)
+        v.number("timeout", timeout, low=0, high=600, low_open=True)
+        self.require_running()
         await self.relays["order"].wait_drained(timeout)
         for group in self.groups.values():
             await group.wait_caught_up(timeout)
@@ -633,47 +685,52 @@ class OwnedData(_Design):
         return df
 
 
-def before(k: Knobs | None = None) -> DistributedMonolith:
-    return DistributedMonolith(k)
+DESIGNS = {"before": DistributedMonolith, "after": OwnedData}
 
 
-def after(k: Knobs | None = None) -> OwnedData:
-    return OwnedData(k)
-
-
-DESIGNS = {"before": before, "after": after}
+def design(name: str, knobs: Knobs | None = None) -> _Shop:
+    """The design ``name`` ("before" or "after") built from ``knobs`` (not started yet)."""
+    return build(DESIGNS, name, _knobs(knobs))
 
 
 # -- the analytic figures -------------------------------------------------------------------------
 def ideal(k: Knobs) -> dict:
     """What the injected delays and failure probabilities alone would give."""
+    k = _knobs(k, "k")
     d, p, hops = k.latency_ms, k.p, len(SERVICES)
     return {"latency_before_ms": hops * d,          # the order's own work, then 4 calls in turn
             "accept_after_ms": d,                   # the order's own work only
             "completion_after_ms": 2 * d,           # then the 4 consumers, in parallel
             "success_before": (1 - p) ** hops,      # every service must succeed
             "accept_after": 1 - p,                  # only the order service must
-            "processed_after": 1.0}                 # consumers retry until they succeed
+            "processed_after": 1.0,                 # consumers retry until they succeed
+            # failed orders before / after: 1 - (1-p)^5 over p, about 5 for small p
+            "failure_factor": (1 - (1 - p) ** hops) / p if p else float(hops)}
 
 
-# -- the chapter's experiments --------------------------------------------------------------------
-def _design(design: str):
-    return DESIGNS[v.one_of("design", design, DESIGNS)]
+# -- probes: each takes a running design first ----------------------------------------------------
+def _running(system) -> _Shop:
+    if not isinstance(system, _Shop):
+        raise TypeError(f"system must be a running {CHAPTER} design (from design(...)); "
+                        f"got {system!r}")
+    system.require_running()
+    return system
 
 
-async def order_latencies(system: _Design, n: int, *, first: int = 0,
+async def order_latencies(system: _Shop, n: int, *, first: int = 0,
                           label: str = "") -> load.LoadResult:
     """``n`` orders one after another. The result's ``latency_ms`` is the time to the answer;
     after, ``completion_ms`` adds the time until every consumer had processed the order."""
-    v.positive("n", n, integer=True)
-    v.non_negative("first", first, integer=True)
+    _running(system)
+    v.number("n", n, low=1, high=MAX_ORDERS, integer=True)
+    v.number("first", first, low=0, high=10**9, integer=True)
 
     async def one(i):
         t_sent = now()
         answer = await system.place_order(first + i)
         return {"order_id": answer["order_id"], "t_sent": t_sent}
 
-    result = await load.sequential(one, n=n, label=label or system.design, progress=False)
+    result = await load.sequential(one, n=n, label=label or system.name, progress=False)
     if isinstance(system, OwnedData):
         await system.drain()
         done = (await system.completion()).set_index("order_id")["done_at"]
@@ -682,49 +739,48 @@ async def order_latencies(system: _Design, n: int, *, first: int = 0,
     return result
 
 
-async def availability(design: str, k: Knobs, *, n: int = 200, down: str | None = None,
-                       concurrency: int = 10) -> dict:
-    """``n`` orders with ``down`` (a dependency) down throughout, or with failure probability
-    ``k.p`` per piece of work. Before: the share of orders confirmed. After: the share
-    accepted, and (after the service is back) the share processed by every consumer."""
-    build = _design(design)
+async def take_orders(system: _Shop, n: int, *, down: str | None = None,
+                      concurrency: int = 10) -> dict:
+    """``n`` orders from ``concurrency`` clients, with ``down`` (a dependency) down throughout.
+    Before: the orders confirmed. After: the orders accepted, and (after the service is back)
+    the accepted orders processed by every consumer, read from their databases."""
+    _running(system)
+    v.number("n", n, low=1, high=MAX_ORDERS, integer=True)
+    v.number("concurrency", concurrency, low=1, high=100, integer=True)
     if down is not None:
         v.one_of("down", down, DEPENDENCIES)
-    async with build(k) as system:
+    if down:
+        await system.down(down)
+    res = await load.closed_loop(
+        lambda i: system.place_order(i, trace_id=f"order-{i}"), n=n,
+        concurrency=concurrency, progress=False, label=system.name)
+    ok = int(res.df["ok"].sum())
+    out = {"design": system.name, "down": down or "", "p": system.k.p, "orders": n,
+           "ok": ok, "answered ok": ok / n}
+    if isinstance(system, OwnedData):
         if down:
-            await system.down(down)
-        res = await load.closed_loop(
-            lambda i: system.place_order(i, trace_id=f"order-{i}"), n=n,
-            concurrency=concurrency, progress=False, label=design)
-        out = {"design": design, "down": down or "", "p": k.p, "orders": n,
-               "answered ok": float(res.df["ok"].mean())}
-        if isinstance(system, OwnedData):
-            if down:
-                await system.up(down)
-            await system.drain()
-            rec = await system.reconcile()
-            accepted = int(rec["orders accepted"].iloc[0])
-            out["accepted orders processed everywhere"] = (
-                float(rec["events processed"].min()) / accepted if accepted else float("nan"))
-            out["not processed"] = int(rec["not processed"].max())
+            await system.up(down)
+        await system.drain()
+        rec = await system.reconcile()
+        accepted = int(rec["orders accepted"].iloc[0])
+        out["accepted orders processed everywhere"] = (
+            float(rec["events processed"].min()) / accepted if accepted else float("nan"))
+        out["not processed"] = int(rec["not processed"].max())
     return out
 
 
-async def blast_radius(design: str, migration: Migration, k: Knobs | None = None
-                       ) -> pd.DataFrame:
+async def migration_probe(system: _Shop, migration: Migration) -> pd.DataFrame:
     """Probe every service, run the customer team's ``migration``, probe again.
 
     One row per service: the error after the migration (None if it still works), whether it
     broke, and how: its *own* query failed with SQLite's error, or a service it calls did.
     """
-    build = _design(design)
+    _running(system)
     if not isinstance(migration, Migration):
-        raise TypeError(f"migration must be a monolith.Migration; got {migration!r}")
-    k = k or Knobs(latency_ms=0)
-    async with build(k) as system:
-        healthy = await system.probe()
-        await system.migrate(migration)
-        broken = await system.probe()
+        raise TypeError(f"migration must be a {CHAPTER}.Migration; got {migration!r}")
+    healthy = await system.probe()
+    await system.migrate(migration)
+    broken = await system.probe()
     rows = []
     for service in SERVICES:
         err = broken[service]
@@ -752,62 +808,335 @@ class OutageRun:
     def answered_ok(self) -> float:
         return float(self.load.df["ok"].mean())
 
+    @property
+    def ok(self) -> int:
+        return int(self.load.df["ok"].sum())
 
-async def outage_run(design: str, k: Knobs | None = None, *, service: str = "payment",
-                     start_s: float = 1.0, duration_s: float = 1.5, rate: float = 20.0,
-                     seconds: float = 4.0, drain_timeout: float = 20.0) -> OutageRun:
+    @property
+    def peak_lag(self) -> int | None:
+        if self.lag is None:
+            return None
+        mine = self.lag[self.lag.group == self.service].lag
+        return int(mine.max()) if len(mine) else 0
+
+
+def _outage_args(service, start_s, duration_s, rate, seconds, drain_timeout) -> None:
+    v.one_of("service", service, DEPENDENCIES)
+    v.number("rate", rate, low=0, high=200, low_open=True)
+    v.number("seconds", seconds, low=0.5, high=30)
+    v.number("start_s", start_s, low=0, high=30)
+    v.number("duration_s", duration_s, low=0, high=30, low_open=True)
+    v.number("drain_timeout", drain_timeout, low=0, high=120, low_open=True)
+    if start_s + duration_s > seconds:
+        raise ValueError(f"duration_s must end the outage within the run: start_s + duration_s "
+                         f"<= seconds ({seconds}); got {duration_s!r}")
+
+
+async def outage_probe(system: _Shop, *, service: str = "payment", start_s: float = 1.0,
+                       duration_s: float = 1.5, rate: float = 20.0, seconds: float = 4.0,
+                       drain_timeout: float = 20.0) -> OutageRun:
     """Orders arrive at ``rate`` per second for ``seconds`` (open loop); ``service`` is down
     from ``start_s`` for ``duration_s``. After, the run then waits up to ``drain_timeout``
     seconds for the consumers to catch up: a consumer slower than the arrivals never does,
     and its ``drained_s`` is NaN (its events are still queued, not lost)."""
-    build = _design(design)
-    v.one_of("service", service, DEPENDENCIES)
-    v.positive("rate", rate)
-    v.number("seconds", seconds, low=0.5, high=30)
-    v.non_negative("start_s", start_s)
-    v.positive("duration_s", duration_s)
-    v.positive("drain_timeout", drain_timeout)
-    if start_s + duration_s > seconds:
-        raise ValueError(f"duration_s must end the outage within the run: start_s + duration_s "
-                         f"<= seconds ({seconds}); got {duration_s!r}")
-    k = k or Knobs(latency_ms=20)
-    async with build(k) as system:
-        monitor = system.bus.lag_monitor(0.02) if isinstance(system, OwnedData) else nullcontext()
-        async with monitor:
-            t0 = now()
-            outage = system.topology.spawn(system.outage(service, start_s, duration_s))
-            res = await load.open_loop(lambda i: system.place_order(i), rate=rate,
-                                       n=max(1, round(rate * seconds)), max_seconds=seconds + 5,
-                                       progress=False, label=design)
-            t_down, t_up = await outage
-            try:
-                await system.drain(drain_timeout)
-            except TimeoutError:
-                pass                         # reported below: drained_s is NaN
-        run = OutageRun(design, service, res, (t_down - t0, t_up - t0))
-        if isinstance(system, OwnedData):
-            hist = system.bus.lag_history()
-            hist = hist[hist.topic == "orders"]
-            lag = hist.groupby(["t", "group"], as_index=False)["lag"].sum()
-            lag["t"] = lag["t"] + system.bus.t0 - t0
-            run.lag = lag
-            mine = lag[(lag.group == service) & (lag.t >= run.window[1]) & (lag.lag == 0)]
-            run.drained_s = float(mine.t.min() - run.window[1]) if len(mine) else float("nan")
-            run.reconcile = await system.reconcile()
+    _running(system)
+    _outage_args(service, start_s, duration_s, rate, seconds, drain_timeout)
+    owned = isinstance(system, OwnedData)
+    monitor = system.bus.lag_monitor(0.02) if owned else nullcontext()
+    async with monitor:
+        t0 = now()
+        outage_task = system.topology.spawn(system.outage(service, start_s, duration_s))
+        res = await load.open_loop(lambda i: system.place_order(i), rate=rate,
+                                   n=max(1, round(rate * seconds)), max_seconds=seconds + 5,
+                                   progress=False, label=system.name)
+        t_down, t_up = await outage_task
+        try:
+            await system.drain(drain_timeout)
+        except TimeoutError:
+            pass                         # reported below: drained_s is NaN
+    run = OutageRun(system.name, service, res, (t_down - t0, t_up - t0))
+    if owned:
+        hist = system.bus.lag_history()
+        hist = hist[hist.topic == "orders"]
+        lag = hist.groupby(["t", "group"], as_index=False)["lag"].sum()
+        lag["t"] = lag["t"] + system.bus.t0 - t0
+        run.lag = lag
+        mine = lag[(lag.group == service) & (lag.t >= run.window[1]) & (lag.lag == 0)]
+        run.drained_s = float(mine.t.min() - run.window[1]) if len(mine) else float("nan")
+        run.reconcile = await system.reconcile()
     return run
 
 
-def outage_figure(runs: dict, bin_s: float = 0.25):
+# -- the chapter's experiments: knobs in, both designs built, run and released --------------------
+@dataclass
+class Latency:
+    """Order latency, ``trials`` times ``orders`` orders per design, before and after in turn."""
+    knobs: Knobs
+    orders: int
+    runs: dict                        # design -> [LoadResult per trial]
+
+    def series(self) -> dict[str, list[pd.Series]]:
+        """Per trial: before's time to answer, after's time to accept and to complete (ms)."""
+        return {"before: answered": [r.latencies for r in self.runs["before"]],
+                "after: accepted": [r.latencies for r in self.runs["after"]],
+                "after: completed": [r.df["completion_ms"] for r in self.runs["after"]]}
+
+    def ideal_ms(self) -> dict[str, float]:
+        i = ideal(self.knobs)
+        return {"before: answered": i["latency_before_ms"],
+                "after: accepted": i["accept_after_ms"],
+                "after: completed": i["completion_after_ms"]}
+
+    def medians(self) -> dict[str, Estimate]:
+        """Per series: the median of the per-trial medians, with the trials' spread."""
+        return {name: Estimate.trials([float(s.median()) for s in trials], unit="ms")
+                for name, trials in self.series().items()}
+
+    def factor(self, of: str = "after: accepted") -> Estimate:
+        """before's latency over ``of``: a factor with the widest interval the trials allow."""
+        m = self.medians()
+        return Estimate.ratio(m["before: answered"], m[v.one_of("of", of, list(m))])
+
+
+async def latency(knobs: Knobs | None = None, *, orders: int = 5, trials: int = 3) -> Latency:
+    """``trials`` rounds of ``orders`` sequential orders, before then after in each round (so
+    a burst of load on the machine hits both alike)."""
+    k = _knobs(knobs)
+    v.number("orders", orders, low=1, high=1000, integer=True)
+    v.number("trials", trials, low=1, high=20, integer=True)
+    runs = {"before": [], "after": []}
+    for t in range(trials):
+        for name in ("before", "after"):
+            async with design(name, k) as system:
+                runs[name].append(await order_latencies(system, orders, first=t * orders))
+    return Latency(k, orders, runs)
+
+
+@dataclass
+class Availability:
+    """``orders`` orders per design with ``down`` down (or each service failing with ``p``)."""
+    knobs: Knobs
+    down: str
+    rows: dict                        # design -> what take_orders returned
+
+    def failures(self, name: str) -> Estimate:
+        """The share of orders that failed in design ``name``, with its Wilson interval."""
+        r = self.rows[v.one_of("name", name, DESIGNS)]
+        return Estimate.proportion(r["orders"] - r["ok"], r["orders"])
+
+    def df(self) -> pd.DataFrame:
+        i = ideal(self.knobs)
+        ideal_ok = {"before": 0.0 if self.down else i["success_before"],
+                    "after": i["accept_after"]}
+        return pd.DataFrame([{**r, "ideal": ideal_ok[d]} for d, r in self.rows.items()])
+
+
+async def availability(knobs: Knobs | None = None, *, n: int = 200, down: str | None = None,
+                       concurrency: int = 10) -> Availability:
+    """Both designs take ``n`` orders, with ``down`` down throughout (or, with ``down=None``,
+    each service failing with the knobs' ``p``)."""
+    k = _knobs(knobs)
+    v.number("n", n, low=1, high=MAX_ORDERS, integer=True)
+    v.number("concurrency", concurrency, low=1, high=100, integer=True)
+    if down is not None:
+        v.one_of("down", down, DEPENDENCIES)
+    rows = {}
+    for name in ("before", "after"):
+        async with design(name, k) as system:
+            rows[name] = await take_orders(system, n, down=down, concurrency=concurrency)
+    return Availability(k, down or "", rows)
+
+
+async def degradation(knobs: Knobs | None = None, *, n: int = 40) -> list[Availability]:
+    """:func:`availability` with each dependency down in turn (``n`` orders per design)."""
+    k = _knobs(knobs)
+    v.number("n", n, low=1, high=MAX_ORDERS // len(DEPENDENCIES), integer=True)
+    return [await availability(k, n=n, down=service) for service in DEPENDENCIES]
+
+
+@dataclass
+class BlastRadius:
+    """One migration, run in each design: per design, one row per service."""
+    migration: Migration
+    frames: dict                      # design -> DataFrame (see migration_probe)
+
+    def broken(self, name: str) -> list[str]:
+        df = self.frames[v.one_of("name", name, DESIGNS)]
+        return list(df.index[df.broken])
+
+
+async def blast_radius(knobs: Knobs | None = None, migration: Migration = MIGRATIONS[2]
+                       ) -> BlastRadius:
+    """The customer team's ``migration``, in the before design and then in the after design."""
+    k = _knobs(knobs)
+    if not isinstance(migration, Migration):
+        raise TypeError(f"migration must be a {CHAPTER}.Migration; got {migration!r}")
+    frames = {}
+    for name in ("before", "after"):
+        async with design(name, k) as system:
+            frames[name] = await migration_probe(system, migration)
+    return BlastRadius(migration, frames)
+
+
+@dataclass
+class Outage:
+    """One outage, run in each design (before first)."""
+    knobs: Knobs
+    runs: dict                        # design -> OutageRun
+
+    @property
+    def before(self) -> OutageRun:
+        return self.runs["before"]
+
+    @property
+    def after(self) -> OutageRun:
+        return self.runs["after"]
+
+
+async def outage(knobs: Knobs | None = None, *, service: str = "payment", start_s: float = 1.0,
+                 duration_s: float = 1.5, rate: float = 20.0, seconds: float = 4.0,
+                 drain_timeout: float = 20.0) -> Outage:
+    """:func:`outage_probe` in the before design, then in the after design."""
+    k = _knobs(knobs)
+    kw = dict(service=service, start_s=start_s, duration_s=duration_s, rate=rate,
+              seconds=seconds, drain_timeout=drain_timeout)
+    _outage_args(**kw)
+    runs = {}
+    for name in ("before", "after"):
+        async with design(name, k) as system:
+            runs[name] = await outage_probe(system, **kw)
+    return Outage(k, runs)
+
+
+# -- the source article's claims, declared once ---------------------------------------------------
+CLAIMS = (
+    Claim(f"{CHAPTER}.latency", "latency",
+          "Latency: 200ms+ (sync chain) vs 50ms (async processing)",
+          "order latency before / time to accept an order after (median of trials)",
+          claimed=200 / 50, at_least=True, tolerance=0.8, unit="x", conditional=True,
+          assumptions="each service's own work costs the same; after answers when the order is "
+                      "accepted, not when every consumer has processed it"),
+    Claim(f"{CHAPTER}.degradation", "availability",
+          "Availability: Single point of failure vs Graceful degradation",
+          "share of orders accepted after while one dependency is down (each in turn)",
+          claimed=1.0, at_least=True, tolerance=0.95,
+          assumptions="the order service itself is up; a down service's work waits in its "
+                      "queue and is done once it is back"),
+    Claim(f"{CHAPTER}.availability_10x", "availability (summary table)",
+          "Distributed Monolith: Single point of failure -> Event-driven services: "
+          "10x availability",
+          "failed orders before / failed orders after, every service failing with probability p",
+          claimed=10.0, at_least=True, tolerance=0.8, unit="x",
+          assumptions="failures independent, the same p for every service: the factor is "
+                      "(1-(1-p)^5)/p, about the number of services an order waits for (5 here); "
+                      "unbounded against a full outage"),
+    Claim(f"{CHAPTER}.deployment", "deployment",
+          "Deployment: All services together vs Independent deployments",
+          "share of the other services still working after one team's schema migration, "
+          "after (every column of the customers table renamed in turn)",
+          claimed=1.0, at_least=True, tolerance=0.99,
+          assumptions="the owner ships its code with the migration and keeps its event contract"),
+)
+CLAIM = {c.id.split(".", 1)[1]: c for c in CLAIMS}
+
+
+def findings(latency: Latency, degraded: list[Availability], flaky: Availability,
+             radius: list[BlastRadius]) -> list[Finding]:
+    """Judge every claim in :data:`CLAIMS` from the experiments' results (same order)."""
+    if not isinstance(latency, Latency):
+        raise TypeError(f"latency must be a {CHAPTER}.Latency (from latency(...)); "
+                        f"got {latency!r}")
+    degraded, radius = list(degraded), list(radius)
+    if not degraded or not all(isinstance(a, Availability) and a.down for a in degraded):
+        raise TypeError("degraded must be a non-empty list of Availability results with a "
+                        "service down (from degradation(...))")
+    if not isinstance(flaky, Availability) or flaky.down or not flaky.knobs.p:
+        raise ValueError("flaky must be an Availability result with no service down and "
+                         "p > 0 (from availability(Knobs(p=...)))")
+    if not radius or not all(isinstance(r, BlastRadius) for r in radius):
+        raise TypeError("radius must be a non-empty list of BlastRadius results "
+                        "(from blast_radius(...))")
+    out = []
+    # latency: a factor of two medians over repeated trials
+    m = latency.medians()
+    done = m["after: completed"]
+    out.append(CLAIM["latency"].judge(
+        latency.factor(), ideal=ideal(latency.knobs)["latency_before_ms"]
+        / ideal(latency.knobs)["accept_after_ms"],
+        note=f"before {m['before: answered'].fmt('.0f')}, after accepted in "
+             f"{m['after: accepted'].fmt('.0f')}, completed in {done.fmt('.0f')}"))
+    # degradation: a proportion of orders accepted after, over every dependency down
+    k_after = sum(a.rows["after"]["ok"] for a in degraded)
+    n_after = sum(a.rows["after"]["orders"] for a in degraded)
+    k_before = sum(a.rows["before"]["ok"] for a in degraded)
+    n_before = sum(a.rows["before"]["orders"] for a in degraded)
+    lost = sum(a.rows["after"]["not processed"] for a in degraded)
+    out.append(CLAIM["degradation"].judge(
+        Estimate.proportion(k_after, n_after), ideal=1.0,
+        note=f"before: {k_before} of {n_before} orders confirmed; after: {lost} accepted "
+             f"orders never processed"))
+    # 10x: the ratio of two failure proportions
+    fb, fa = flaky.failures("before"), flaky.failures("after")
+    if fa.low <= 0:
+        raise ValueError("flaky must have at least one failed order after: run it with more "
+                         "orders or a larger p")
+    out.append(CLAIM["availability_10x"].judge(
+        Estimate.ratio(fb, fa), ideal=ideal(flaky.knobs)["failure_factor"],
+        note=f"p = {flaky.knobs.p:g}; failed orders: before {fb.fmt('.1%')}, after "
+             f"{fa.fmt('.1%')}"))
+    # deployment: exact counts of services broken by each migration
+    others = len(SERVICES) - 1
+    kept = sum(others - len(r.broken("after")) for r in radius)
+    broke_before = sum(len(r.broken("before")) for r in radius)
+    total = others * len(radius)
+    out.append(CLAIM["deployment"].judge(
+        Estimate.exact(kept / total, n=total), ideal=1.0,
+        note=f"{len(radius)} migration(s): after, {total - kept} of {total} other services "
+             f"broke; before, {broke_before} of {total}"))
+    return out
+
+
+# -- the audit: a small, fast run of everything behind the claims ---------------------------------
+AUDIT_KNOBS = Knobs(latency_ms=50, p=0.1, seed=1)
+AUDIT_SIZES = {"latency_orders": 5, "latency_trials": 3, "orders_down": 25, "orders_flaky": 300}
+
+
+async def audit(knobs: Knobs | None = None) -> list[Finding]:
+    """Every claim judged from a small run (about 15 s on a quiet 2-core machine): latency
+    with ``knobs.latency_ms`` and no failures, availability with no delay and ``knobs.p``
+    (which must be above 0), the migrations with neither."""
+    k = AUDIT_KNOBS if knobs is None else _knobs(knobs)
+    if not k.p:
+        raise ValueError(f"knobs.p must be in (0, {MAX_P}] for the audit: the availability "
+                         f"factor needs failures to count; got {k.p!r}")
+    s = AUDIT_SIZES
+    lat = await latency(replace(k, p=0.0), orders=s["latency_orders"],
+                        trials=s["latency_trials"])
+    quiet = replace(k, latency_ms=0.0, p=0.0)
+    degraded = await degradation(quiet, n=s["orders_down"])
+    flaky = await availability(replace(k, latency_ms=0.0), n=s["orders_flaky"])
+    radius = [await blast_radius(quiet, m) for m in MIGRATIONS]
+    return findings(lat, degraded, flaky, radius)
+
+
+def outage_figure(runs, bin_s: float = 0.25):
     """Top: orders answered OK per ``bin_s`` in each design. Bottom: the after design's lag
-    per consumer group. The outage window is shaded in both."""
+    per consumer group. The outage window is shaded in both. ``runs``: an :class:`Outage`
+    (or a dict of :class:`OutageRun` by design)."""
     import matplotlib.pyplot as plt
+    if isinstance(runs, Outage):
+        runs = runs.runs
+    if not isinstance(runs, dict) or not runs or not all(
+            isinstance(r, OutageRun) for r in runs.values()):
+        raise TypeError(f"runs must be an Outage (from outage(...)); got {runs!r}")
+    v.number("bin_s", bin_s, low=0.01, high=10)
     from toylib.present import plots
 
     fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(7.5, 5), layout="constrained")
     window = next(iter(runs.values())).window
     for ax in (top, bottom):
         ax.axvspan(*window, color=plots.BEFORE, alpha=0.12, label="service down")
-    for design, run in runs.items():
+    for name, run in runs.items():
         df = run.load.df
         t = df["due"] / 1000
         bins = (t // bin_s) * bin_s
@@ -815,8 +1144,8 @@ def outage_figure(runs: dict, bin_s: float = 0.25):
             sorted(bins.unique()), fill_value=0)
         x = list(ok.index) + [ok.index[-1] + bin_s]          # the last bin drawn to its end
         y = list(ok.values / bin_s) + [ok.values[-1] / bin_s]
-        top.step(x, y, where="post", label=f"{design}: answered OK",
-                 color=plots.BEFORE if design == "before" else plots.AFTER)
+        top.step(x, y, where="post", label=f"{name}: answered OK",
+                 color=plots.BEFORE if name == "before" else plots.AFTER)
     top.set_ylabel("orders OK per second\n(by arrival time)")
     top.set_title(f"{next(iter(runs.values())).service} down: what the clients see")
     top.legend(fontsize=8, loc="lower left")
