@@ -1,7 +1,10 @@
 """Chapter 6's designs: the cascade without breakers, containment with them, the breaker's rules
-on a script, the fallback cache, the timeline helpers, and nothing left running."""
+on a script, the fallback cache, the claims judged from the runs, the timeline helpers, hostile
+arguments refused with the parameter's name, and nothing left running."""
 from __future__ import annotations
 
+import asyncio
+import math
 from dataclasses import replace
 
 import matplotlib
@@ -11,6 +14,7 @@ import pytest
 from toylib import CallError
 from toylib.chapters import ch06_breakers as cascade
 from toylib.chapters.ch06_breakers import Knobs, Outage
+from toylib.claims import FAILS, HOLDS, HOLDS_IF, VERDICTS, claim_ids
 
 matplotlib.use("Agg")
 
@@ -21,36 +25,98 @@ SHORT = Knobs(pool=8, rate=60, run_s=2.6, outage_start=0.4, outage_end=1.9,
               call_timeout_ms=100)
 BREAKER = dict(failure_rate_threshold=50, window_size=10, minimum_calls=5, wait_in_open=1.0,
                permitted_in_half_open=3, slow_call_duration=0.15, slow_call_rate_threshold=100)
+NAN, INF = float("nan"), float("inf")
 
 
-# -- knobs ------------------------------------------------------------------------------------
+# -- knobs: every field refuses hostile values, naming itself -----------------------------------
 @pytest.mark.parametrize("kwargs, param", [
-    ({"pool": 0}, "pool"), ({"latency_ms": -1}, "latency_ms"),
-    ({"outage_start": -1}, "outage_start"), ({"outage_end": 1.0}, "outage_end"),
-    ({"outage_start": 2.0, "outage_end": 1.5}, "outage_end"),
-    ({"outage_delay_ms": -5}, "outage_delay_ms"), ({"rate": 0}, "rate"),
-    ({"run_s": 0}, "run_s"), ({"patience_ms": 0}, "patience_ms"), ({"grace_s": -1}, "grace_s"),
-    ({"call_timeout_ms": 0}, "call_timeout_ms"), ({"failure_threshold": 0}, "failure_threshold"),
+    ({"pool": 0}, "pool"), ({"pool": 10**6}, "pool"), ({"pool": 2.5}, "pool"),
+    ({"pool": True}, "pool"), ({"latency_ms": -1}, "latency_ms"),
+    ({"latency_ms": NAN}, "latency_ms"), ({"latency_ms": INF}, "latency_ms"),
+    ({"outage_start": -1}, "outage_start"), ({"outage_start": INF}, "outage_start"),
+    ({"outage_end": 1.0}, "outage_end"), ({"outage_start": 2.0, "outage_end": 1.5}, "outage_end"),
+    ({"outage_end": NAN}, "outage_end"), ({"run_s": 2.0, "outage_end": 3.0}, "outage_end"),
+    ({"outage_delay_ms": -5}, "outage_delay_ms"), ({"outage_delay_ms": 1e12}, "outage_delay_ms"),
+    ({"rate": 0}, "rate"), ({"rate": 1e300}, "rate"), ({"rate": NAN}, "rate"),
+    ({"rate": 1000, "run_s": 60, "outage_end": 3.0}, "rate"),
+    ({"run_s": 0}, "run_s"), ({"run_s": INF}, "run_s"), ({"patience_ms": 0}, "patience_ms"),
+    ({"patience_ms": NAN}, "patience_ms"), ({"grace_s": -1}, "grace_s"),
+    ({"grace_s": INF}, "grace_s"), ({"call_timeout_ms": 0}, "call_timeout_ms"),
+    ({"call_timeout_ms": INF}, "call_timeout_ms"), ({"failure_threshold": 0}, "failure_threshold"),
     ({"failure_threshold": 101}, "failure_threshold"), ({"slow_call_ms": -1}, "slow_call_ms"),
     ({"slow_threshold": 0}, "slow_threshold"), ({"window": 0}, "window"),
-    ({"minimum_calls": 0}, "minimum_calls"), ({"wait_in_open": 0}, "wait_in_open"),
-    ({"half_open_calls": 0}, "half_open_calls"), ({"rate_limit": 0}, "rate_limit"),
-    ({"burst": 0.5}, "burst"), ({"health_interval": 0}, "health_interval"),
-    ({"seed": "x"}, "seed"),
+    ({"window": 10**9}, "window"), ({"minimum_calls": 0}, "minimum_calls"),
+    ({"minimum_calls": 10**9}, "minimum_calls"), ({"wait_in_open": 0}, "wait_in_open"),
+    ({"wait_in_open": INF}, "wait_in_open"), ({"half_open_calls": 0}, "half_open_calls"),
+    ({"half_open_calls": 10**9}, "half_open_calls"), ({"rate_limit": 0}, "rate_limit"),
+    ({"rate_limit": INF}, "rate_limit"), ({"burst": 0.5}, "burst"), ({"burst": INF}, "burst"),
+    ({"health_interval": 0}, "health_interval"), ({"health_interval": NAN}, "health_interval"),
+    ({"seed": "x"}, "seed"), ({"seed": -1}, "seed"), ({"seed": 2**40}, "seed"),
+    ({"pool": "12"}, "pool"),
 ])
 def test_bad_knobs_name_the_parameter(kwargs, param):
     with pytest.raises((ValueError, TypeError), match=param):
         Knobs(**kwargs)
 
 
+def test_knobs_are_frozen_and_the_defaults_are_valid():
+    k = Knobs()
+    with pytest.raises(AttributeError):
+        k.pool = 3
+    assert cascade.AUDIT_KNOBS.outage_end <= cascade.AUDIT_KNOBS.run_s
+    with pytest.raises(TypeError, match="unexpected"):
+        Knobs(pools=3)       # an unknown name
+
+
+# -- the contract ------------------------------------------------------------------------------
+def test_the_chapter_follows_the_design_contract():
+    assert cascade.CHAPTER == "ch06_breakers"
+    assert set(cascade.DESIGNS) == {"before", "after"}
+    for name in cascade.DESIGNS:
+        d = cascade.design(name)
+        assert d.name == name and d.chapter == cascade.CHAPTER and not d.running
+        assert d.knobs == Knobs()
+        assert d.diagram().source.startswith("flowchart")
+    after = cascade.design("after", SHORT)
+    assert set(after.breakers) == set(cascade.DEPENDENCIES) and after.fallback is not None
+    assert not hasattr(after.topology, "breakers")           # state lives on the design
+    assert "Payment Circuit Breaker" in after.diagram().source
+    assert "Circuit Breaker" not in cascade.design("before").diagram().source
+
+
+@pytest.mark.parametrize("call, param", [
+    (lambda: cascade.design("sideways"), "name"),
+    (lambda: cascade.design(None), "name"),
+    (lambda: cascade.design("after", {"pool": 3}), "knobs"),
+    (lambda: cascade.cascade_ideal("x"), "knobs"),
+])
+def test_bad_design_arguments_name_the_parameter(call, param):
+    with pytest.raises((ValueError, TypeError), match=param):
+        call()
+
+
 @pytest.mark.parametrize("kwargs, param", [
-    ({"design": "sideways"}, "design"),
-    ({"design": "after", "target": "database"}, "target"),
-    ({"design": "after", "k": Knobs(run_s=2.0, outage_end=3.0)}, "outage_end"),
+    ({"target": "database"}, "target"), ({"reps": 0}, "reps"), ({"reps": 10**6}, "reps"),
+    ({"reps": NAN}, "reps"), ({"knobs": "fast"}, "knobs"),
 ])
 async def test_bad_experiment_arguments_name_the_parameter(kwargs, param, leakcheck):
     with pytest.raises((ValueError, TypeError), match=param):
         await cascade.outage(**kwargs)
+
+
+async def test_probes_need_a_running_design_of_this_chapter(leakcheck):
+    with pytest.raises(TypeError, match="design"):
+        await cascade.run_outage("before")
+    with pytest.raises(RuntimeError, match="not running"):
+        await cascade.run_outage(cascade.design("before", SHORT))
+    with pytest.raises(ValueError, match="target"):
+        await cascade.fallback(SHORT, target="nothing")
+    async with cascade.design("before", SHORT) as d:
+        with pytest.raises(ValueError, match="target"):
+            await cascade.run_outage(d, target="db")
+        for bad in (-1, 1.5, NAN, 10**12):
+            with pytest.raises((ValueError, TypeError), match="i "):
+                await cascade.request(d, bad)
 
 
 # -- the breaker's rules, on a script ------------------------------------------------------------
@@ -77,23 +143,25 @@ def test_replay_trips_on_slowness_only_when_every_call_is_slow():
 
 
 @pytest.mark.parametrize("script, param", [
-    ([(0.0, "maybe")], "outcome"),
-    ([(1.0, "ok"), (0.5, "ok")], "t"),
+    ([(0.0, "maybe")], "outcome"), ([(1.0, "ok"), (0.5, "ok")], "t"), ([(NAN, "ok")], "t"),
+    ([(INF, "ok")], "t"), ([], "script"), ([(0.0, "ok")] * 10_001, "script"),
+    (["ok"], "script"),
 ])
 def test_replay_rejects_bad_scripts(script, param):
-    with pytest.raises(ValueError, match=param):
+    with pytest.raises((ValueError, TypeError), match=param):
         cascade.replay(script, **BREAKER)
 
 
 # -- the designs --------------------------------------------------------------------------------
 async def test_both_designs_serve_the_same_answers_when_nothing_fails(leakcheck):
     answers = {}
-    for name, build in (("before", cascade.before), ("after", cascade.after)):
-        async with build(SHORT) as topo:
+    for name in cascade.DESIGNS:
+        async with cascade.design(name, SHORT) as d:
             answers[name] = [
-                await topo.call(topo.entry, "POST", "/checkout/7"),
-                await topo.call(topo.entry, "GET", "/stock/3"),
-                await topo.call(topo.entry, "GET", "/profile/4")]
+                await d.call(d.entry, "POST", "/checkout/7"),
+                await d.call(d.entry, "GET", "/stock/3"),
+                await d.call(d.entry, "GET", "/profile/4")]
+            assert await cascade.request(d, 0) == {"stale": False}
     b, a = answers["before"], answers["after"]
     assert b[0] == a[0] == {"order": 7, "user": "user7", "paid": True}
     assert a[1] == {**b[1], "stale": False} and a[2] == {**b[2], "stale": False}
@@ -101,54 +169,53 @@ async def test_both_designs_serve_the_same_answers_when_nothing_fails(leakcheck)
 
 async def test_after_serves_reads_stale_and_fails_writes_fast_when_a_dependency_is_down(
         leakcheck):
-    async with cascade.after(SHORT) as topo:
-        fresh = await topo.call("gateway", "GET", "/stock/3")
-        await topo.service("inventory").down()
-        stale = await topo.call("gateway", "GET", "/stock/3")
+    async with cascade.design("after", SHORT) as d:
+        fresh = await d.call("gateway", "GET", "/stock/3")
+        await d.service("inventory").down()
+        stale = await d.call("gateway", "GET", "/stock/3")
         assert stale == {**fresh, "stale": True}
         with pytest.raises(CallError) as never_seen:
-            await topo.call("gateway", "GET", "/stock/4")       # nothing cached: fail fast
+            await d.call("gateway", "GET", "/stock/4")       # nothing cached: fail fast
         with pytest.raises(CallError) as checkout:
-            await topo.call("gateway", "POST", "/checkout/1")   # a reservation is a write
+            await d.call("gateway", "POST", "/checkout/1")   # a reservation is a write
         assert never_seen.value.status == checkout.value.status == 503
-        assert topo.fallback.stale == 1
+        assert d.fallback.stale == 1
+        assert d.health is not None and d.health.running     # runs beside the services
+    assert not d.health.running
 
 
 async def test_the_edge_rate_limit_turns_excess_away(leakcheck):
     k = replace(SHORT, rate_limit=1, burst=2)
-    async with cascade.after(k) as topo:
+    async with cascade.design("after", k) as d:
         statuses = []
         for i in range(4):
             try:
-                await topo.call("gateway", "GET", f"/profile/{i}")
+                await d.call("gateway", "GET", f"/profile/{i}")
                 statuses.append(200)
             except CallError as e:
                 statuses.append((e.kind, e.status))
         assert statuses[:2] == [200, 200]
         assert ("overloaded", 429) in statuses[2:]
-        assert topo.limiter.rejected >= 1
+        assert d.limiter.rejected >= 1
 
 
 # -- the outage experiment ----------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def short_runs():
-    import asyncio
-
-    async def both():
-        return [await cascade.outage(d, SHORT) for d in ("before", "after")]
-    return asyncio.run(both())
+    return asyncio.run(cascade.outage(SHORT))
 
 
 def test_without_breakers_the_unaffected_endpoints_fail_too(short_runs):
-    before, after = short_runs
+    before, after = short_runs.first("before"), short_runs.first("after")
     un_b, un_a = cascade.during_outage(before), cascade.during_outage(after)
-    assert un_b["success"] < 0.7 <= 0.99 <= un_a["success"]
-    assert un_b["p50_ms"] > SHORT.patience_ms * 0.5 > un_a["p50_ms"]
-    assert int(before.busy["busy"].max()) == SHORT.pool
+    # The cascade is decided by how many requests arrive before the pool fills: counts.
+    assert un_b["success"] < 0.5 and un_a["success"] >= 0.97
+    assert un_b["p50_ms"] > SHORT.patience_ms > 5 * un_a["p50_ms"]
+    assert before.peak_busy == SHORT.pool
 
 
 def test_the_payment_breaker_opens_during_the_outage_and_closes_after(short_runs):
-    after = short_runs[1]
+    after = short_runs.first("after")
     states = after.transitions("payment")
     assert states[0] == "closed" and states[-1] == "closed" and "open" in states
     ev = after.breaker_events
@@ -156,11 +223,11 @@ def test_the_payment_breaker_opens_during_the_outage_and_closes_after(short_runs
                     & (ev.kind == "state_transition")]["t_s"].min()
     assert SHORT.outage_start < first_open < SHORT.outage_end
     assert after.transitions("inventory") == after.transitions("user") == ["closed"]
-    assert short_runs[0].transitions() == ["closed"]      # no breaker, no events
+    assert short_runs.first("before").transitions() == ["closed"]      # no breaker, no events
 
 
 def test_fewer_calls_reach_the_failing_service_with_a_breaker(short_runs):
-    before, after = short_runs
+    before, after = short_runs.first("before"), short_runs.first("after")
     key = "calls to the failing service during the outage"
     assert after.counts[key] < before.counts[key]
     assert after.counts["rate limited at the edge"] == 0
@@ -168,16 +235,45 @@ def test_fewer_calls_reach_the_failing_service_with_a_breaker(short_runs):
 
 
 def test_summary_and_recovery(short_runs):
-    table = cascade.summary(*short_runs)
+    table = short_runs.summary()
     assert list(table.index) == ["before", "after"]
     assert table.loc["after", "unaffected recovery (s)"] == 0.0
     assert table.loc["before", "unaffected recovery (s)"] > 0
     assert table.loc["after", "checkout recovery (s)"] <= \
         SHORT.wait_in_open + SHORT.call_timeout_ms / 1000 + 0.3
+    with pytest.raises(ValueError, match="Outage"):
+        cascade.summary()
+
+
+def test_the_claims_are_declared_once_and_judged_from_the_runs(short_runs):
+    ids = claim_ids(cascade.CLAIMS)
+    assert all(i.startswith(cascade.CHAPTER + ".") for i in ids)
+    found = cascade.findings(short_runs)
+    assert [f.claim.id for f in found] == ids
+    verdicts = {f.claim.id.split(".")[1]: f.verdict for f in found}
+    assert verdicts == {"outages": HOLDS_IF, "blocked": HOLDS, "crash": FAILS,
+                        "graceful": HOLDS}
+    for f in found:
+        assert f.verdict in VERDICTS and f.measured.n >= 1 and f.note
+    outages = found[0]
+    ok, n = short_runs.unaffected("before")
+    assert outages.measured.n == n and outages.measured.k == n - ok      # a proportion
+    assert outages.ideal == pytest.approx(cascade.cascade_ideal(SHORT))
+    with pytest.raises(TypeError, match="runs"):
+        cascade.findings([short_runs.first("before")])
+
+
+def test_the_cascade_model_and_its_limits():
+    k = Knobs()
+    # 12 workers, a checkout every 1/30 s: full 11/30 s into a 2 s outage.
+    assert cascade.cascade_ideal(k) == pytest.approx(1 - (11 / 30) / 2)
+    assert cascade.cascade_ideal(replace(k, outage_delay_ms=500)) is None   # faster than patience
+    assert cascade.cascade_ideal(replace(k, pool=100)) is None             # never fills
 
 
 def test_timeline_columns_and_times(short_runs):
-    for o in short_runs:
+    for name in cascade.DESIGNS:
+        o = short_runs.first(name)
         t = o.timeline
         assert {"t_s", "endpoint", "ok", "answered", "latency_ms", "stale", "in_outage"} <= \
             set(t.columns)
@@ -185,20 +281,50 @@ def test_timeline_columns_and_times(short_runs):
         assert (t["i"] % 3).map(lambda r: cascade.ENDPOINTS[r]).tolist() == t["endpoint"].tolist()
         assert not (t["ok"] & ~t["answered"]).any()
         assert (t.loc[t["answered"] & ~t["ok"], "latency_ms"] > SHORT.patience_ms).all()
+        assert o.never_answered_after_end() == []
 
 
 def test_timeline_figure_has_a_breaker_row_only_with_breakers(short_runs):
     import matplotlib.pyplot as plt
-    fig = cascade.timeline_figure(*short_runs)
+    before, after = short_runs.first("before"), short_runs.first("after")
+    fig = cascade.timeline_figure(before, after)
     assert len(fig.axes) == 4
     plt.close(fig)
-    fig = cascade.timeline_figure(short_runs[0])
+    fig = cascade.timeline_figure(before)
     assert len(fig.axes) == 3
     plt.close(fig)
     with pytest.raises(ValueError, match="Outage"):
         cascade.timeline_figure()
-    ts, levels = cascade.state_steps(short_runs[1], "payment")
+    with pytest.raises(TypeError, match="Outage"):
+        cascade.timeline_figure("before")
+    ts, levels = cascade.state_steps(after, "payment")
     assert len(ts) == len(levels) and levels[0] == levels[-1] == 0 and max(levels) == 2
+    with pytest.raises(ValueError, match="breaker"):
+        cascade.state_steps(after, "gateway")
+
+
+async def test_the_fallback_experiment_serves_reads_stale(leakcheck):
+    k = replace(SHORT, run_s=2.4, outage_start=1.1, outage_end=2.0, grace_s=0.5)   # every key seen
+    inv = await cascade.fallback(k)
+    table = cascade.by_endpoint(inv)
+    stock = table.loc["/stock"]
+    assert stock["success"] >= 0.9 and stock["stale"] > 0.5 * stock["succeeded"]
+    assert table.loc["/profile", "success"] >= 0.97
+    assert table.loc["/checkout", "success"] < 0.5
+    with pytest.raises(TypeError, match="Outage"):
+        cascade.by_endpoint(table)
+
+
+async def test_sweep_has_one_row_per_grid_point_and_design(monkeypatch, leakcheck):
+    monkeypatch.setattr(cascade, "SWEEP_POOLS", (4,))
+    monkeypatch.setattr(cascade, "SWEEP_WAITS", (0.25,))
+    df = await cascade.sweep(replace(SHORT, run_s=2.0, outage_end=1.4, grace_s=0.5))
+    assert list(df["design"]) == ["before", "after"]
+    assert {"pool", "wait_in_open", "unaffected success", "peak busy workers"} <= set(df.columns)
+    assert (df["pool"] == 4).all() and (df["wait_in_open"] == 0.25).all()
+    b, a = df.iloc[0], df.iloc[1]
+    assert b["unaffected success"] < a["unaffected success"]
+    assert b["peak busy workers"] == 4
 
 
 # -- reading results, on a hand-made timeline ----------------------------------------------------
@@ -223,8 +349,12 @@ def test_recovery_time_is_the_end_of_the_last_bad_bin_after_the_outage():
     assert s.loc[0.5] == 1.0 and s.loc[2.2] == 0.0
     with pytest.raises(ValueError, match="threshold"):
         cascade.recovery_time(o, ("/stock",), threshold=2)
-    with pytest.raises(ValueError, match="bin_s"):
-        cascade.success_by_bin(o, ("/stock",), bin_s=0)
+    for bad in (0, NAN, INF, -1):
+        with pytest.raises((ValueError, TypeError), match="bin_s"):
+            cascade.success_by_bin(o, ("/stock",), bin_s=bad)
+    for bad in ("/stock", ("/nowhere",), ()):
+        with pytest.raises(ValueError, match="endpoints"):
+            cascade.success_by_bin(o, bad)
 
 
 def test_during_outage_counts_only_requests_that_arrived_in_the_window():
@@ -232,3 +362,7 @@ def test_during_outage_counts_only_requests_that_arrived_in_the_window():
     d = cascade.during_outage(o, ("/stock",))
     assert d["requests"] == 3 and d["succeeded"] == 2
     assert d["success"] == pytest.approx(2 / 3)
+    assert math.isnan(cascade.during_outage(o, ("/profile",))["success"])
+    assert o.never_answered_after_end() == ["/checkout", "/stock", "/profile"]
+    with pytest.raises(TypeError, match="Outage"):
+        cascade.during_outage({"timeline": None})

@@ -1,51 +1,65 @@
 """Chapter 6, No circuit breakers: one slow failure becomes everyone's failure, and the fix.
 
-* **Before**: the order service has a bounded pool of workers and three endpoints:
-  ``/checkout`` (user, then inventory, then payment), ``/stock`` (inventory only) and
-  ``/profile`` (user only). During an outage the payment service *fails slowly*: it answers
-  503 after ``outage_delay_ms``, and the order service waits for it with no timeout. Every
-  checkout holds a worker for that long, the pool fills, requests queue for a worker, and
-  ``/stock`` and ``/profile`` miss the users' patience too, although inventory and user are
-  fine.
-* **After**: a circuit breaker per dependency (:class:`toylib.resilience.breaker.CircuitBreaker`, failure-
-  and slow-call-rate thresholds over a sliding window), short timeouts, a fallback cache for
-  the reads, rate limiting at the edge and a health checker that watches every dependency.
-  Once the payment breaker opens, checkouts fail in a millisecond and the workers stay free.
+* **Before** (:class:`Before`): the order service has a bounded pool of workers and three
+  endpoints: ``/checkout`` (user, then inventory, then payment), ``/stock`` (inventory only)
+  and ``/profile`` (user only). During an outage the payment service *fails slowly*: it
+  answers 503 after ``outage_delay_ms``, and the order service waits for it with no timeout.
+  Every checkout holds a worker for that long, the pool fills, requests queue for a worker,
+  and ``/stock`` and ``/profile`` miss the users' patience too, although inventory and user
+  are fine.
+* **After** (:class:`After`): a circuit breaker per dependency
+  (:class:`toylib.resilience.breaker.CircuitBreaker`, failure- and slow-call-rate thresholds
+  over a sliding window), short timeouts, a fallback cache for the reads, rate limiting at the
+  edge and a health checker that watches every dependency. Once the payment breaker opens,
+  checkouts fail in a millisecond and the workers stay free.
 
-:func:`outage` runs one design through an outage with a start and an end and returns an
-:class:`Outage`: a timeline (one row per request), the calls that reached the failing service,
-the breaker and health events, and the pool's busy workers, all in seconds since the start.
+The chapter follows :mod:`toylib.chapters.design`: :class:`Knobs` -> ``DESIGNS`` ->
+experiments (:func:`outage`, :func:`fallback`; :func:`run_outage` runs one *running* design
+through an outage) -> :data:`CLAIMS` judged by :func:`findings`; :func:`audit` is the small run
+chapter 7 and the claims page use, :func:`sweep` the grid the static site shows.
 
-The users are patient, as the seed's "long timeouts, 30 s+" are: the load generator waits for
+The users are patient, as the source's "long timeouts, 30 s+" are: the load generator waits for
 every answer, so no request is abandoned and no work is cancelled, exactly like a server whose
 worker threads cannot be interrupted. A request *succeeds* when it is answered 2xx within
 ``patience_ms``; a slower answer comes too late for a user who has left.
+
+Why the verdicts survive a busy machine: the cascade is decided by counts (how many requests
+arrive before the pool is full of blocked checkouts, which depends on the schedule, not on the
+CPU), every injected delay is 20 ms or more and every time that decides is at least ten times
+the event loop's lateness on a loaded laptop (a 200 ms call timeout against 20 ms calls, a
+second of patience against 1.5 s of blocking), rates are judged with Wilson intervals over
+the pooled repetitions, and the other claims are exact counts.
 """
 from __future__ import annotations
 
 import asyncio
 import math
-from contextlib import nullcontext
-from dataclasses import dataclass, field
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
 from aiohttp import web
 
-from toylib.core import validate as v
+from toylib.chapters.design import Design, build
+from toylib.claims import Claim, Estimate, Finding
 from toylib.core import load
+from toylib.core import validate as v
+from toylib.core.calibrate import LoopLag, loop_lag, stalls_from_env
+from toylib.core.clock import FakeClock, now
+from toylib.core.faults import Error, Latency
+from toylib.core.services import CallError, Node, Service, Store, Topology, sample_busy
 from toylib.resilience.breaker import CallNotPermitted, CircuitBreaker
 from toylib.resilience.fallback import FallbackCache
-from toylib.core.faults import Error, Latency
 from toylib.resilience.health import HealthChecker
 from toylib.resilience.ratelimit import RateLimiter
-from toylib.core.services import CallError, Node, Service, Store, Topology, sample_busy
-from toylib.core.clock import now
 
+CHAPTER = "ch06_breakers"
 DEPENDENCIES = ("payment", "inventory", "user")
 ENDPOINTS = ("/checkout", "/stock", "/profile")       # request i goes to ENDPOINTS[i % 3]
 UNAFFECTED = ("/stock", "/profile")                   # they never touch payment
 KEYS = 20                                             # distinct users and products
+MAX_REQUESTS = 20_000                                 # rate * run_s: a laptop's worth
 
 
 @dataclass(frozen=True)
@@ -74,27 +88,43 @@ class Knobs:
     seed: int = 0
 
     def __post_init__(self):
-        v.number("pool", self.pool, low=1, high=1000, integer=True)
-        v.number("latency_ms", self.latency_ms, low=0, high=5000)
-        v.non_negative("outage_start", self.outage_start)
-        v.number("outage_end", self.outage_end, low=self.outage_start, low_open=True)
-        v.non_negative("outage_delay_ms", self.outage_delay_ms)
+        v.number("pool", self.pool, low=1, high=200, integer=True)
+        v.number("latency_ms", self.latency_ms, low=0, high=2000)
+        v.number("outage_start", self.outage_start, low=0, high=60)
+        v.number("outage_end", self.outage_end, low=self.outage_start, low_open=True, high=60)
+        v.number("outage_delay_ms", self.outage_delay_ms, low=0, high=30_000)
         v.number("rate", self.rate, low=0, low_open=True, high=1000)
         v.number("run_s", self.run_s, low=0, low_open=True, high=60)
-        v.positive("patience_ms", self.patience_ms)
-        v.non_negative("grace_s", self.grace_s)
-        v.positive("call_timeout_ms", self.call_timeout_ms)
+        v.number("patience_ms", self.patience_ms, low=0, low_open=True, high=60_000)
+        v.number("grace_s", self.grace_s, low=0, high=60)
+        v.number("call_timeout_ms", self.call_timeout_ms, low=0, low_open=True, high=60_000)
         v.number("failure_threshold", self.failure_threshold, low=0, low_open=True, high=100)
-        v.non_negative("slow_call_ms", self.slow_call_ms)
+        v.number("slow_call_ms", self.slow_call_ms, low=0, high=60_000)
         v.number("slow_threshold", self.slow_threshold, low=0, low_open=True, high=100)
         v.number("window", self.window, low=1, high=10_000, integer=True)
-        v.number("minimum_calls", self.minimum_calls, low=1, integer=True)
-        v.positive("wait_in_open", self.wait_in_open)
-        v.positive("half_open_calls", self.half_open_calls, integer=True)
-        v.positive("rate_limit", self.rate_limit)
-        v.number("burst", self.burst, low=1)
-        v.positive("health_interval", self.health_interval)
-        v.number("seed", self.seed, integer=True)
+        v.number("minimum_calls", self.minimum_calls, low=1, high=10_000, integer=True)
+        v.number("wait_in_open", self.wait_in_open, low=0, low_open=True, high=600)
+        v.number("half_open_calls", self.half_open_calls, low=1, high=1000, integer=True)
+        v.number("rate_limit", self.rate_limit, low=0, low_open=True, high=100_000)
+        v.number("burst", self.burst, low=1, high=100_000)
+        v.number("health_interval", self.health_interval, low=0.01, high=60)
+        v.number("seed", self.seed, low=0, high=2**32 - 1, integer=True)
+        # Pairs of fields: the message names the one that breaks the pair.
+        if self.outage_end > self.run_s:
+            raise ValueError(f"outage_end must be <= run_s ({self.run_s}): the outage ends "
+                             f"while requests still arrive; got {self.outage_end!r}")
+        if self.rate * self.run_s > MAX_REQUESTS:
+            raise ValueError(f"rate must be <= {MAX_REQUESTS / self.run_s:g} for run_s = "
+                             f"{self.run_s} (at most {MAX_REQUESTS:,} requests a run); "
+                             f"got {self.rate!r}")
+
+
+def knobs_or_default(knobs) -> Knobs:
+    """``knobs``, or the chapter's defaults for None; anything else is refused."""
+    if knobs is None or isinstance(knobs, Knobs):
+        return knobs or Knobs()
+    raise TypeError(f"knobs must be a {CHAPTER}.Knobs or None (the defaults); "
+                    f"got {type(knobs).__name__}")
 
 
 # -- the dependencies, identical in both designs ------------------------------------------------
@@ -128,12 +158,12 @@ def dependencies(k: Knobs) -> list[Service]:
     return [payment, inventory, user]
 
 
-def _stores() -> list[Node]:
+def stores() -> list[Node]:
     return [Store("payment_db", label="Payment DB"), Store("inventory_db", label="Inventory DB"),
             Store("user_db", label="User DB")]
 
 
-def _client(entry: str) -> Node:
+def clients(entry: str) -> Node:
     return Node("clients", "edge", label="Clients", uses=(entry,), shape="client")
 
 
@@ -159,14 +189,6 @@ def naive_orders(k: Knobs) -> Service:
         return await orders.call("user", "GET", f"/users/{request.match_info['id']}")
 
     return orders
-
-
-def before(k: Knobs | None = None) -> Topology:
-    k = k or Knobs()
-    topo = Topology(_client("orders"), naive_orders(k), *dependencies(k), *_stores(),
-                    name="no circuit breakers: before", seed=k.seed)
-    topo.entry, topo.breakers, topo.limiter, topo.fallback = "orders", {}, None, None
-    return topo
 
 
 # -- after: breakers, fallback cache, edge rate limiting, health checks ---------------------------
@@ -249,33 +271,96 @@ def edge_gateway(k: Knobs, limiter: RateLimiter) -> Service:
     return gw
 
 
-def after(k: Knobs | None = None) -> Topology:
-    k = k or Knobs()
-    cbs = breakers(k)
-    cache = FallbackCache(clock=now)
-    limiter = RateLimiter(k.rate_limit, k.burst, clock=now)
-    cb_nodes = [Node(f"{d}_cb", label=f"{d.capitalize()} Circuit Breaker",
-                     uses=(d,) if d == "payment" else (d, "fallback")) for d in DEPENDENCIES]
-    control = [Node("monitor", "control", label="Circuit Monitor (breaker events)",
-                    uses=tuple(f"{d}_cb" for d in DEPENDENCIES)),
-               Node("health", "control", label="Health Checker", uses=DEPENDENCIES)]
-    topo = Topology(_client("gateway"), edge_gateway(k, limiter), protected_orders(k, cbs, cache),
-                    *cb_nodes, *dependencies(k), Store("fallback", label="Fallback Cache"),
-                    *_stores(), *control, name="no circuit breakers: after", seed=k.seed)
-    topo.entry, topo.breakers, topo.limiter, topo.fallback = "gateway", cbs, limiter, cache
-    return topo
+# -- the designs -----------------------------------------------------------------------------
+class Breakers(Design):
+    """What both designs have: an entry point, and (empty in the before design) the breakers,
+    edge limiter, fallback cache and health checker, kept on the design, not the topology."""
+    chapter = CHAPTER
+    entry = ""
+
+    def __init__(self, knobs: Knobs | None = None):
+        self.breakers: dict[str, CircuitBreaker] = {}
+        self.limiter: RateLimiter | None = None
+        self.fallback: FallbackCache | None = None
+        self.health: HealthChecker | None = None
+        super().__init__(knobs_or_default(knobs))
 
 
-def health_checker(topo: Topology, k: Knobs) -> HealthChecker:
+class Before(Breakers):
+    """No breaker, no timeout: the order service waits for payment as long as payment takes."""
+    name = "before"
+    entry = "orders"
+
+    def build(self) -> Topology:
+        k = self.knobs
+        return Topology(clients(self.entry), naive_orders(k), *dependencies(k), *stores(),
+                        name="no circuit breakers: before", seed=k.seed)
+
+
+class After(Breakers):
+    """A breaker per dependency, short timeouts, a fallback cache for reads, rate limiting at
+    the edge and a health checker beside the services."""
+    name = "after"
+    entry = "gateway"
+
+    def build(self) -> Topology:
+        k = self.knobs
+        self.breakers = breakers(k)
+        self.fallback = FallbackCache(clock=now)
+        self.limiter = RateLimiter(k.rate_limit, k.burst, clock=now)
+        cb_nodes = [Node(f"{d}_cb", label=f"{d.capitalize()} Circuit Breaker",
+                         uses=(d,) if d == "payment" else (d, "fallback")) for d in DEPENDENCIES]
+        control = [Node("monitor", "control", label="Circuit Monitor (breaker events)",
+                        uses=tuple(f"{d}_cb" for d in DEPENDENCIES)),
+                   Node("health", "control", label="Health Checker", uses=DEPENDENCIES)]
+        return Topology(clients(self.entry), edge_gateway(k, self.limiter),
+                        protected_orders(k, self.breakers, self.fallback), *cb_nodes,
+                        *dependencies(k), Store("fallback", label="Fallback Cache"), *stores(),
+                        *control, name="no circuit breakers: after", seed=k.seed)
+
+    async def start_beside(self, stack: AsyncExitStack) -> None:
+        self.health = await stack.enter_async_context(health_checker(self))
+
+
+DESIGNS = {"before": Before, "after": After}
+
+
+def design(name: str, knobs: Knobs | None = None) -> Breakers:
+    """The design ``name`` ("before" or "after") built from ``knobs`` (defaults if None)."""
+    return build(DESIGNS, name, knobs_or_default(knobs))
+
+
+def health_checker(d: Breakers) -> HealthChecker:
     """Probe every dependency's /health; two failures in a row mark it down, one success up."""
+    k, topo = d.knobs, d.topology
+
     def probe(dep):
         return lambda: topo.call(dep, "GET", "/health", timeout=k.call_timeout_ms / 1000)
-    return HealthChecker({d: probe(d) for d in DEPENDENCIES}, interval=k.health_interval,
+    return HealthChecker({dep: probe(dep) for dep in DEPENDENCIES}, interval=k.health_interval,
                          timeout=k.call_timeout_ms / 1000 + 0.05, unhealthy_threshold=2,
                          healthy_threshold=1, clock=now)
 
 
-# -- the experiment --------------------------------------------------------------------------------
+def require_design(d) -> Breakers:
+    if not isinstance(d, Breakers):
+        raise TypeError(f"design must be a running {CHAPTER} design (design('before') or "
+                        f"design('after') inside `async with`); got {type(d).__name__}")
+    d.require_running()
+    return d
+
+
+# -- probes: one running design ----------------------------------------------------------------
+async def request(d: Breakers, i: int) -> dict:
+    """Send request ``i`` to the running design: ``ENDPOINTS[i % 3]``, as a user would."""
+    require_design(d)
+    v.number("i", i, low=0, high=10**9, integer=True)
+    endpoint = ENDPOINTS[i % 3]
+    method = "POST" if endpoint == "/checkout" else "GET"
+    key = i if endpoint == "/checkout" else i % KEYS
+    reply = await d.call(d.entry, method, f"{endpoint}/{key}", trace_id=f"o{i}")
+    return {"stale": bool(reply.get("stale", False)) if isinstance(reply, dict) else False}
+
+
 @dataclass
 class Outage:
     """One design through one outage. Every time is in seconds since the run started."""
@@ -298,54 +383,52 @@ class Outage:
         ev = ev[(ev["breaker"] == breaker) & (ev["kind"] == "state_transition")]
         return ["closed"] + list(ev["state"])
 
+    @property
+    def peak_busy(self) -> int:
+        return int(self.busy["busy"].max()) if len(self.busy) else 0
 
-async def outage(design: str, k: Knobs | None = None, *, target: str = "payment") -> Outage:
-    """Run ``design`` ("before" or "after") through an outage of ``target``.
+    def never_answered_after_end(self) -> list[str]:
+        """Endpoints with no 2xx answer (however late) to any request arriving after the
+        outage's end: what a crashed server would show."""
+        t = self.timeline
+        after_end = t[t["t_s"] >= self.knobs.outage_end]
+        return [ep for ep in ENDPOINTS
+                if not after_end.loc[after_end["endpoint"] == ep, "answered"].any()]
 
-    Requests arrive at ``k.rate`` per second for ``k.run_s`` seconds, in turn to /checkout,
+
+async def run_outage(d: Breakers, *, target: str = "payment") -> Outage:
+    """Run the running design ``d`` through an outage of ``target``.
+
+    Requests arrive at ``rate`` per second for ``run_s`` seconds, in turn to /checkout,
     /stock and /profile (open loop: the users do not slow down because the site does). From
     ``outage_start`` to ``outage_end`` the target answers 503 after ``outage_delay_ms``.
     Answers are awaited ``grace_s`` after the last arrival; requests unanswered then are
     cancelled and count as failures.
     """
-    v.one_of("design", design, ("before", "after"))
+    require_design(d)
     v.one_of("target", target, DEPENDENCIES)
-    k = k or Knobs()
-    if k.outage_end > k.run_s:
-        raise ValueError(f"outage_end must be <= run_s ({k.run_s}); got {k.outage_end!r}")
-    topo = (before if design == "before" else after)(k)
+    k, topo = d.knobs, d.topology
     busy: list = []
-    health = None
-    async with topo:
-        if design == "after":
-            health = health_checker(topo, k)
-        async with (health if health is not None else nullcontext()):
-            t0 = now()
-            failing = topo.service(target)
-            failing.faults.add(Latency(k.outage_delay_ms, distribution="fixed"),
-                               start=k.outage_start, end=k.outage_end)
-            failing.faults.add(Error(1.0, 503), start=k.outage_start, end=k.outage_end)
-            sampler = topo.spawn(sample_busy(topo.service("orders"), 0.02, busy, t0))
-            res = await load.open_loop(
-                lambda i: _request(topo, i, k), rate=k.rate, n=max(1, round(k.rate * k.run_s)),
-                max_seconds=k.run_s + k.grace_s, progress=False,
-                label=design)
-            sampler.cancel()
-            await asyncio.gather(sampler, return_exceptions=True)
-        spans = topo.tracer.df()
-        tracer_t0 = topo.tracer.t0
-    return _result(design, k, target, res, spans, tracer_t0, t0, topo, health, busy)
+    t0 = now()
+    failing = topo.service(target)
+    rules = [failing.faults.add(Latency(k.outage_delay_ms, distribution="fixed"),
+                                start=k.outage_start, end=k.outage_end),
+             failing.faults.add(Error(1.0, 503), start=k.outage_start, end=k.outage_end)]
+    sampler = topo.spawn(sample_busy(topo.service("orders"), 0.02, busy, t0))
+    try:
+        res = await load.open_loop(
+            lambda i: request(d, i), rate=k.rate, n=max(1, round(k.rate * k.run_s)),
+            max_seconds=k.run_s + k.grace_s, progress=False, label=d.name)
+    finally:
+        sampler.cancel()
+        await asyncio.gather(sampler, return_exceptions=True)
+        for r in rules:           # the design can be run through another outage
+            failing.faults.remove(r)
+    return _result(d, target, res, t0, busy)
 
 
-async def _request(topo: Topology, i: int, k: Knobs) -> dict:
-    endpoint = ENDPOINTS[i % 3]
-    method = "POST" if endpoint == "/checkout" else "GET"
-    key = i if endpoint == "/checkout" else i % KEYS
-    reply = await topo.call(topo.entry, method, f"{endpoint}/{key}", trace_id=f"o{i}")
-    return {"stale": bool(reply.get("stale", False)) if isinstance(reply, dict) else False}
-
-
-def _result(design, k, target, res, spans, tracer_t0, t0, topo, health, busy) -> Outage:
+def _result(d: Breakers, target: str, res, t0: float, busy: list) -> Outage:
+    k = d.knobs
     df = res.df.copy()
     # load's times are ms since its own start, a few microseconds after t0: close enough.
     df["t_s"] = df["due"] / 1000
@@ -360,35 +443,128 @@ def _result(design, k, target, res, spans, tracer_t0, t0, topo, health, busy) ->
     timeline = df[["i", "t_s", "endpoint", "ok", "answered", "latency_ms", "error", "stale",
                    "in_outage"]]
 
-    shift = t0 - tracer_t0
+    spans = d.tracer.df()
+    shift = t0 - d.tracer.t0
     calls = spans[(spans["callee"] == target) & (spans["caller"] == "orders")].copy()
     calls["t_s"] = calls["start"] / 1000 - shift
     target_calls = calls[["t_s", "duration_ms", "status"]].reset_index(drop=True)
 
     ev_rows = [{"t_s": e.time - t0, "breaker": e.breaker, "kind": e.kind, "state": e.state,
-                "from_state": e.from_state} for cb in topo.breakers.values() for e in cb.events]
+                "from_state": e.from_state} for cb in d.breakers.values() for e in cb.events]
     breaker_events = pd.DataFrame(ev_rows, columns=["t_s", "breaker", "kind", "state",
                                                     "from_state"])
     h_rows = [{"t_s": e.time - t0, "target": e.target, "healthy": e.healthy}
-              for e in (health.events if health is not None else [])]
+              for e in (d.health.events if d.health is not None else [])]
     health_events = pd.DataFrame(h_rows, columns=["t_s", "target", "healthy"])
     during = target_calls[(target_calls["t_s"] >= k.outage_start)
                           & (target_calls["t_s"] < k.outage_end)]
     counts = {"calls to the failing service during the outage": len(during),
               "calls to the failing service in all": len(target_calls)}
-    if topo.limiter is not None:
-        counts["admitted at the edge"] = topo.limiter.admitted
-        counts["rate limited at the edge"] = topo.limiter.rejected
-    if topo.fallback is not None:
-        counts["stale answers from the fallback cache"] = topo.fallback.stale
-    return Outage(design, k, target, timeline, target_calls, breaker_events, health_events,
+    if d.limiter is not None:
+        counts["admitted at the edge"] = d.limiter.admitted
+        counts["rate limited at the edge"] = d.limiter.rejected
+    if d.fallback is not None:
+        counts["stale answers from the fallback cache"] = d.fallback.stale
+    return Outage(d.name, k, target, timeline, target_calls, breaker_events, health_events,
                   pd.DataFrame(busy, columns=["t_s", "busy"]), counts)
 
 
+# -- experiments: they build and release the designs themselves -------------------------------
+@dataclass
+class Outages:
+    """Experiment 1's result: each design through the same outage, ``reps`` times, in turn.
+
+    ``lag`` is the event loop's lateness measured just before the runs (how busy the machine
+    was); ``runs["before"][r]`` and ``runs["after"][r]`` ran one after the other."""
+    knobs: Knobs
+    target: str
+    runs: dict[str, list[Outage]]
+    lag: LoopLag
+
+    @property
+    def reps(self) -> int:
+        return len(self.runs["before"])
+
+    def first(self, name: str) -> Outage:
+        v.one_of("name", name, DESIGNS)
+        return self.runs[name][0]
+
+    def summary(self) -> pd.DataFrame:
+        """The chapter's table: one row per design, the median over the repetitions."""
+        per_run = pd.concat([summary(o) for name in DESIGNS for o in self.runs[name]])
+        return per_run.groupby(level=0).median().loc[list(DESIGNS)]
+
+    def unaffected(self, name: str) -> tuple[int, int]:
+        """(succeeded, requests) of /stock and /profile during the outage, over every run."""
+        v.one_of("name", name, DESIGNS)
+        ds = [during_outage(o) for o in self.runs[name]]
+        return sum(d["succeeded"] for d in ds), sum(d["requests"] for d in ds)
+
+
+async def outage(knobs: Knobs | None = None, *, target: str = "payment",
+                 reps: int = 1) -> Outages:
+    """Experiment 1: both designs through the same outage of ``target``, ``reps`` times each,
+    interleaved (before, after, before, after, ...), each repetition with its own seed."""
+    k = knobs_or_default(knobs)
+    v.one_of("target", target, DEPENDENCIES)
+    v.number("reps", reps, low=1, high=10, integer=True)
+    stalls = stalls_from_env()          # the course's stress check only (TOYLIB_STALLS)
+    try:
+        lag = await loop_lag(0.2)
+        runs: dict[str, list[Outage]] = {name: [] for name in DESIGNS}
+        for rep in range(reps):
+            kr = replace(k, seed=(k.seed + rep) % 2**32)
+            for name in DESIGNS:
+                async with design(name, kr) as d:
+                    runs[name].append(await run_outage(d, target=target))
+    finally:
+        if stalls is not None:
+            await stalls.stop()
+    return Outages(k, target, runs, lag)
+
+
+async def fallback(knobs: Knobs | None = None, *, target: str = "inventory") -> Outage:
+    """Experiment 2: the after design through a slow outage of ``target`` (a read path), so
+    that reads are served stale from the fallback cache while writes fail fast."""
+    k = knobs_or_default(knobs)
+    v.one_of("target", target, DEPENDENCIES)
+    stalls = stalls_from_env()
+    try:
+        async with design("after", k) as d:
+            return await run_outage(d, target=target)
+    finally:
+        if stalls is not None:
+            await stalls.stop()
+
+
+def by_endpoint(o: Outage) -> pd.DataFrame:
+    """Each endpoint's requests during the outage: success, stale answers, latency."""
+    if not isinstance(o, Outage):
+        raise TypeError(f"o must be an Outage; got {type(o).__name__}")
+    return pd.DataFrame.from_dict({ep: during_outage(o, (ep,)) for ep in ENDPOINTS},
+                                  orient="index")
+
+
 # -- reading the results ---------------------------------------------------------------------
+def _endpoints(endpoints) -> list[str]:
+    if isinstance(endpoints, str) or not all(ep in ENDPOINTS for ep in endpoints) \
+            or not endpoints:
+        raise ValueError(f"endpoints must be a non-empty tuple of {', '.join(ENDPOINTS)}; "
+                         f"got {endpoints!r}")
+    return list(endpoints)
+
+
+def _outage(o) -> Outage:
+    if not isinstance(o, Outage):
+        raise TypeError(f"o must be an Outage (from run_outage, outage or fallback); "
+                        f"got {type(o).__name__}")
+    return o
+
+
 def during_outage(o: Outage, endpoints=UNAFFECTED) -> dict:
     """Success and latency of ``endpoints``' requests that arrived during the outage."""
-    d = o.timeline[o.timeline["in_outage"] & o.timeline["endpoint"].isin(list(endpoints))]
+    t = _outage(o).timeline
+    d = t[t["in_outage"] & t["endpoint"].isin(_endpoints(endpoints))]
     ok = d[d["ok"]]
     return {"requests": len(d), "succeeded": int(d["ok"].sum()),
             "success": float(d["ok"].mean()) if len(d) else math.nan,
@@ -400,8 +576,9 @@ def during_outage(o: Outage, endpoints=UNAFFECTED) -> dict:
 
 def success_by_bin(o: Outage, endpoints, bin_s: float = 0.1) -> pd.Series:
     """Share of ``endpoints``' requests that succeeded, by arrival time in bins of ``bin_s``."""
-    v.positive("bin_s", bin_s)
-    d = o.timeline[o.timeline["endpoint"].isin(list(endpoints))]
+    v.number("bin_s", bin_s, low=0.01, high=60)
+    t = _outage(o).timeline
+    d = t[t["endpoint"].isin(_endpoints(endpoints))]
     bins = (d["t_s"] // bin_s) * bin_s
     return d.groupby(bins.round(6))["ok"].mean()
 
@@ -422,11 +599,13 @@ def recovery_time(o: Outage, endpoints, *, bin_s: float = 0.1, threshold: float 
 
 
 def summary(*outages: Outage) -> pd.DataFrame:
-    """The chapter's table: one row per design."""
-    rows = {}
-    for o in outages:
+    """One row per run: what the chapter's table shows."""
+    if not outages:
+        raise ValueError("summary needs at least one Outage")
+    rows = []
+    for o in map(_outage, outages):
         un, pay = during_outage(o, UNAFFECTED), during_outage(o, ("/checkout",))
-        rows[o.design] = {
+        rows.append({
             "unaffected success during outage": un["success"],
             "unaffected p50 (ms)": un["p50_ms"], "unaffected p99 (ms)": un["p99_ms"],
             "checkout p99 (ms)": pay["p99_ms"],
@@ -434,9 +613,51 @@ def summary(*outages: Outage) -> pd.DataFrame:
                 o.counts["calls to the failing service during the outage"],
             "unaffected recovery (s)": recovery_time(o, UNAFFECTED),
             "checkout recovery (s)": recovery_time(o, ("/checkout",)),
-            "peak busy workers": int(o.busy["busy"].max()) if len(o.busy) else 0}
-    return pd.DataFrame(rows).T
+            "peak busy workers": o.peak_busy})
+    return pd.DataFrame(rows, index=[o.design for o in outages])
 
+
+def cascade_ideal(k: Knobs) -> float | None:
+    """The share of /stock and /profile requests of the outage that a queueing model says
+    must fail without breakers, or None where the model does not apply.
+
+    Checkouts arrive every ``3 / rate`` s, and from the outage's start each holds a worker for
+    ``outage_delay_ms`` (plus two healthy calls), so the pool is full of blocked checkouts
+    ``(pool - 1) * 3 / rate`` s into the outage. A request that arrives later waits for one of
+    them to finish, longer than the users' patience when the delay exceeds patience plus the
+    fill time; only the requests that arrived before the pool filled succeed.
+    """
+    k = knobs_or_default(k)
+    length = k.outage_end - k.outage_start
+    fill = (k.pool - 1) * 3 / k.rate
+    hold = (k.outage_delay_ms + 2 * k.latency_ms) / 1000
+    if hold - fill <= k.patience_ms / 1000 or fill >= length:
+        return None
+    return 1 - fill / length
+
+
+# resilience4j's CircuitBreakerConfig defaults, for the knobs this chapter shrinks to fit a few
+# seconds of experiment: knob -> (resilience4j's setting, its default, how to read the knob).
+RESILIENCE4J_DEFAULTS = {
+    "failure_threshold": ("failureRateThreshold", "50 %", "{:g} %"),
+    "slow_threshold": ("slowCallRateThreshold", "100 %", "{:g} %"),
+    "slow_call_ms": ("slowCallDurationThreshold", "60 s", "{:g} ms"),
+    "window": ("slidingWindowSize (count-based)", "100 calls", "{:d} calls"),
+    "minimum_calls": ("minimumNumberOfCalls", "100 calls", "{:d} calls"),
+    "wait_in_open": ("waitDurationInOpenState", "60 s", "{:g} s"),
+    "half_open_calls": ("permittedNumberOfCallsInHalfOpenState", "10 calls", "{:d} calls"),
+}
+
+
+def breaker_settings(k: Knobs | None = None) -> pd.DataFrame:
+    """The breaker's settings in this chapter beside resilience4j's defaults, and which differ."""
+    k = knobs_or_default(k)
+    rows = []
+    for knob, (setting, default, fmt) in RESILIENCE4J_DEFAULTS.items():
+        here = fmt.format(getattr(k, knob))
+        rows.append({"resilience4j setting": setting, "default": default, "here": here,
+                     "knob": knob, "differs": here != default})
+    return pd.DataFrame(rows).set_index("resilience4j setting")
 
 # -- the breaker's rules, on a script -------------------------------------------------------------
 def replay(script, **breaker_kwargs) -> pd.DataFrame:
@@ -447,13 +668,19 @@ def replay(script, **breaker_kwargs) -> pd.DataFrame:
     let through, the state after it. The breaker's own rules decide; nothing here depends on
     timing, so the table is the same on every machine.
     """
-    clock = _ScriptClock()
+    script = list(script)
+    if not 1 <= len(script) <= 10_000:
+        raise ValueError(f"script must hold 1 to 10,000 (t, outcome) pairs; got {len(script)}")
+    clock = FakeClock()
     cb = CircuitBreaker("scripted", clock=clock, **breaker_kwargs)
     slow = (cb.slow_call_duration or 0) + 1.0
     rows = []
-    for t, outcome in script:
+    for step in script:
+        if not isinstance(step, tuple) or len(step) != 2:
+            raise TypeError(f"script must hold (t, outcome) pairs; got {step!r}")
+        t, outcome = step
         v.one_of("outcome", outcome, ("ok", "fail", "slow"))
-        clock.t = v.number("t", t, low=clock.t)
+        clock.t = v.number("t", t, low=clock.t, high=10**6)
         allowed = cb.try_acquire()          # may move open -> half_open first (lazily)
         asked = cb.state
         if allowed:
@@ -466,21 +693,14 @@ def replay(script, **breaker_kwargs) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-class _ScriptClock:
-    def __init__(self):
-        self.t = 0.0
-
-    def __call__(self) -> float:
-        return self.t
-
-
 # -- the picture -----------------------------------------------------------------------------
 STATE_LEVEL = {"closed": 0, "half_open": 1, "open": 2}
 
 
 def state_steps(o: Outage, breaker: str) -> tuple[list, list]:
     """(times, levels) of a breaker's state over the run, for a step plot; closed = 0."""
-    ev = o.breaker_events
+    ev = _outage(o).breaker_events
+    v.one_of("breaker", breaker, DEPENDENCIES)
     ev = ev[(ev["breaker"] == breaker) & (ev["kind"] == "state_transition")]
     end = max([float(o.timeline["t_s"].max())] + list(ev["t_s"])) + 0.2
     ts = [0.0] + list(ev["t_s"]) + [end]
@@ -496,6 +716,8 @@ def timeline_figure(*outages: Outage, bin_s: float = 0.1):
     from toylib.present import plots
     if not outages:
         raise ValueError("timeline_figure needs at least one Outage")
+    for o in outages:
+        _outage(o)
     k = outages[0].knobs
     with_breakers = [o for o in outages if not o.breaker_events.empty]
     rows = 3 + bool(with_breakers)
@@ -538,3 +760,108 @@ def timeline_figure(*outages: Outage, bin_s: float = 0.1):
     axes[0].set_title(f"An outage of {outages[0].target} from {k.outage_start:g} s to "
                       f"{k.outage_end:g} s")
     return fig
+
+
+# -- the source's claims, declared once ---------------------------------------------------------
+_BOUNDED_POOL = ("one bounded pool of workers serves every endpoint, calls have no timeout, and "
+                 "payment fails slowly (its error comes later than users wait)")
+CLAIMS = (
+    Claim(f"{CHAPTER}.outages", "system-wide outages",
+          "No protection against cascading failures leads to system-wide outages.",
+          "share of /stock and /profile requests (their own services healthy) that failed "
+          "during the payment outage, without breakers",
+          1.0, at_least=True, tolerance=0.5, conditional=True,
+          assumptions=_BOUNDED_POOL + "; holds when the interval shows at least half failed"),
+    Claim(f"{CHAPTER}.blocked", "threads blocked waiting",
+          "Payment Service Down → Threads Blocked Waiting",
+          "share of the order service's workers busy at the peak of the outage, "
+          "without breakers",
+          1.0, at_least=True, tolerance=1.0, assumptions=_BOUNDED_POOL),
+    Claim(f"{CHAPTER}.crash", "memory exhaustion, system crash",
+          "Threads Blocked Waiting → Memory Exhaustion → System Crash",
+          "endpoints (of 3) that never answered again after the outage ended, without breakers",
+          3.0, at_least=True, tolerance=1 / 3, unit="endpoints",
+          assumptions="a bounded pool queues work instead of starting a thread per request, so "
+                      "memory stays bounded; a thread-per-request server can run out of it"),
+    Claim(f"{CHAPTER}.graceful", "graceful degradation",
+          "No Circuit Breakers: System-wide outages → Circuit protection: Graceful degradation",
+          "share of /stock and /profile requests that succeeded during the payment outage, "
+          "with a breaker per dependency",
+          1.0, at_least=True, tolerance=0.9,
+          assumptions="a breaker and a short timeout per dependency, a fallback cache for reads; "
+                      "checkouts still fail while payment is down (contained, not hidden)"),
+)
+
+
+def findings(runs: Outages) -> list[Finding]:
+    """Judge every claim in :data:`CLAIMS` from Experiment 1's runs (all repetitions pooled)."""
+    if not isinstance(runs, Outages):
+        raise TypeError(f"runs must be the Outages of outage(...); got {type(runs).__name__}")
+    k, claims = runs.knobs, {c.id.split(".", 1)[1]: c for c in CLAIMS}
+    ok_b, n_b = runs.unaffected("before")
+    ok_a, n_a = runs.unaffected("after")
+    peaks = [o.peak_busy for o in runs.runs["before"]]
+    crashed = max(len(o.never_answered_after_end()) for o in runs.runs["before"])
+    lag = f"event-loop lag p99 {runs.lag.p99_ms:.1f} ms before the runs"
+    return [
+        claims["outages"].judge(Estimate.proportion(n_b - ok_b, n_b), ideal=cascade_ideal(k),
+                                note=f"{n_b - ok_b} of {n_b} failed over {runs.reps} run(s); "
+                                     f"{lag}"),
+        claims["blocked"].judge(Estimate.exact(min(peaks) / k.pool, n=runs.reps), ideal=1.0,
+                                note=f"peak {min(peaks)} of {k.pool} workers busy (lowest of "
+                                     f"{runs.reps} run(s))"),
+        claims["crash"].judge(Estimate.exact(crashed, n=runs.reps, unit="endpoints"), ideal=0.0,
+                              note="every endpoint answered again after the outage" if not
+                              crashed else f"{crashed} endpoint(s) never answered again"),
+        claims["graceful"].judge(Estimate.proportion(ok_a, n_a), ideal=1.0,
+                                 note=f"{ok_a} of {n_a} succeeded over {runs.reps} run(s); "
+                                      f"{lag}"),
+    ]
+
+
+# A short outage for the audit: payment fails slowly for 1.4 s (answering after 1 s) while
+# users wait 0.5 s, so a request queued behind the blocked checkouts misses its user's
+# patience by a clear margin; the breaker waits 0.5 s in open, so it closes again within the
+# second of requests after the outage. Two repetitions pool about 170 requests per design.
+AUDIT_KNOBS = Knobs(run_s=2.8, outage_start=0.4, outage_end=1.8, outage_delay_ms=1000,
+                    patience_ms=500, grace_s=0.5, wait_in_open=0.5)
+AUDIT_REPS = 2
+
+
+async def audit(knobs: Knobs | None = None) -> list[Finding]:
+    """A small run of Experiment 1 (about 15 s) judged against every claim."""
+    return findings(await outage(AUDIT_KNOBS if knobs is None else knobs, reps=AUDIT_REPS))
+
+
+# -- the static site's explorer ----------------------------------------------------------------
+SWEEP_POOLS = (6, 12, 24)
+SWEEP_WAITS = (0.25, 1.0)
+
+
+async def sweep(knobs: Knobs | None = None) -> pd.DataFrame:
+    """Experiment 1 over a grid of the order service's pool size and the breaker's wait in
+    open: one row per grid point and design, with the knobs and what was measured (about
+    35 s). Measured once per point, at build time, for the static site's controls."""
+    base = replace(AUDIT_KNOBS, run_s=2.4, outage_end=1.6) if knobs is None \
+        else knobs_or_default(knobs)
+    rows = []
+    for pool in SWEEP_POOLS:
+        for wait in SWEEP_WAITS:
+            k = replace(base, pool=pool, wait_in_open=wait)
+            for name in DESIGNS:
+                async with design(name, k) as d:
+                    o = await run_outage(d)
+                un, pay = during_outage(o), during_outage(o, ("/checkout",))
+                rows.append({"design": name, "pool": pool, "wait_in_open": wait,
+                             "unaffected requests": un["requests"],
+                             "unaffected succeeded": un["succeeded"],
+                             "unaffected success": un["success"],
+                             "unaffected p50 (ms)": un["p50_ms"],
+                             "checkout p99 (ms)": pay["p99_ms"],
+                             "calls reaching payment during outage":
+                                 o.counts["calls to the failing service during the outage"],
+                             "unaffected recovery (s)": recovery_time(o, UNAFFECTED),
+                             "checkout recovery (s)": recovery_time(o, ("/checkout",)),
+                             "peak busy workers": o.peak_busy,
+                             "payment breaker states": " ".join(o.transitions("payment"))})
+    return pd.DataFrame(rows)
