@@ -123,8 +123,8 @@ async def _page_case(solution: dict, case: Case) -> None:
     k = chatty.Knobs(n_posts=case.params["n_posts"], n_friends=case.params["n_friends"],
                      latency_ms=2, seed=case.seed)
     uid = random.Random(case.seed).randrange(k.users)
-    async with chatty.before(k) as ref:
-        want = await ref.call("gateway", "GET", f"/profile/{uid}")
+    async with chatty.design("before", k) as ref:
+        want = await chatty.get_page(ref, uid)
     async with _lab_topology(k, solution["posts_batch"], solution["profile"],
                              solution["Loader"]) as topo:
         got = await topo.call("gateway", "GET", f"/profile/{uid}")
