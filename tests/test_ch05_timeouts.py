@@ -3,6 +3,7 @@ retries amplify exactly 3^k, budgets and deadlines bound them, and nothing is le
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import random
 from dataclasses import replace
@@ -11,7 +12,7 @@ import pandas as pd
 import pytest
 
 from toylib.testing import FakeClock
-from toylib import CallError
+from toylib import CallError, claims
 from toylib.chapters import ch05_timeouts as timeouts
 from toylib.core import deadline as dl
 from toylib.resilience.retry import RetryStats, retry
@@ -36,8 +37,26 @@ def test_bad_knobs_name_the_parameter(kwargs, param):
 
 
 def test_a_budget_of_none_means_no_budget():
-    assert timeouts.after(Knobs(budget_ratio=None)).budget is None
-    assert timeouts.after(Knobs(budget_ratio=0.0)).budget is not None
+    assert timeouts.design("after", Knobs(budget_ratio=None)).budget is None
+    assert timeouts.design("after", Knobs(budget_ratio=0.0)).budget is not None
+
+
+def test_the_contract():
+    assert timeouts.CHAPTER == "ch05_timeouts"
+    assert set(timeouts.DESIGNS) == {"before", "after"}
+    for name in timeouts.DESIGNS:
+        d = timeouts.design(name)
+        assert d.name == name and d.chapter == timeouts.CHAPTER and not d.running
+        assert "api" in str(d.diagram()) and d.topology.service("api")
+        assert not hasattr(d.topology, "retry_stats") and not hasattr(d.topology, "budget")
+    with pytest.raises(ValueError, match="name"):
+        timeouts.design("sideways")
+    with pytest.raises(TypeError, match="knobs"):
+        timeouts.design("after", {"pool": 3})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Knobs().pool = 3
+    assert [c.id for c in timeouts.CLAIMS] == ["ch05_timeouts.exhaustion",
+                                               "ch05_timeouts.no_hanging"]
 
 
 @pytest.mark.parametrize("exc, expected", [
@@ -100,8 +119,8 @@ def test_bad_arguments_name_the_parameter(call, param):
     (lambda: timeouts.shared_recovery("full", down_s=-1), "down_s"),
     (lambda: timeouts.shared_recovery("full", budget_ratio=2), "budget_ratio"),
     (lambda: timeouts.count_timeouts(FAST, 0), "timeout_ms"),
-    (lambda: timeouts.deadline_experiment(FAST, deadline_ms=0, propagate=True), "deadline_ms"),
-    (lambda: timeouts.deadline_experiment(FAST, deadline_ms=100, propagate="yes"), "propagate"),
+    (lambda: timeouts.deadlines(FAST, deadline_ms=0), "deadline_ms"),
+    (lambda: timeouts.deadlines(FAST, deadline_ms=100, n=10**9), "n"),
 ])
 async def test_bad_arguments_of_experiments_name_the_parameter(coro, param, leakcheck):
     with pytest.raises((ValueError, TypeError), match=param):
@@ -109,31 +128,37 @@ async def test_bad_arguments_of_experiments_name_the_parameter(coro, param, leak
 
 
 async def test_mixed_load_rejects_bad_arguments(leakcheck):
-    async with timeouts.before(FAST) as topo:
+    async with timeouts.design("before", FAST) as d:
         for kwargs, param in (({"rate": 0}, "rate"), ({"seconds": -1}, "seconds"),
-                              ({"grace": -1}, "grace"), ({"sample_every": 0}, "sample_every")):
-            with pytest.raises(ValueError, match=param):
-                await timeouts.mixed_load(topo, **kwargs)
+                              ({"grace": -1}, "grace"), ({"sample_every": 0}, "sample_every"),
+                              ({"rate": 1e300}, "rate"), ({"seconds": math.inf}, "seconds"),
+                              ({"rate": math.nan}, "rate")):
+            with pytest.raises((ValueError, TypeError), match=param):
+                await timeouts.mixed_load(d, **kwargs)
+    with pytest.raises(RuntimeError, match="not running"):
+        await timeouts.mixed_load(timeouts.design("before", FAST))
+    with pytest.raises(TypeError, match="design"):
+        await timeouts.mixed_load("before")
 
 
 # -- before: the pool fills and the healthy endpoint starves -----------------------------------
 async def test_without_timeouts_hung_calls_starve_the_healthy_endpoint(leakcheck):
-    async with timeouts.before(FAST) as topo:
+    async with timeouts.design("before", FAST) as d:
         for i in range(FAST.pool):
-            topo.spawn(topo.call("api", "GET", f"{HUNG}/{i}"))
+            d.topology.spawn(d.call("api", "GET", f"{HUNG}/{i}"))
         await asyncio.sleep(0.2)
-        assert topo.service("api").in_flight == FAST.pool
+        assert d.busy_workers() == FAST.pool
         with pytest.raises(CallError) as e:
-            await topo.call("api", "GET", f"{HEALTHY}/1", timeout=0.3)
+            await d.call("api", "GET", f"{HEALTHY}/1", timeout=0.3)
         assert e.value.kind == "timeout"
-        assert topo.service("catalog").handled == 0
-    assert topo.service("api").in_flight == 0        # the block's end cancelled the hung calls
+        assert d.service("catalog").handled == 0
+    assert d.busy_workers() == 0        # the block's end cancelled the hung calls
 
 
 async def test_the_hang_schedule_predicts_which_requests_hang(leakcheck):
     k = replace(FAST, pool=50, hang_p=0.3, seed=3)     # a pool too big to fill: no queueing
-    async with timeouts.before(k) as topo:
-        res, busy = await timeouts.mixed_load(topo, rate=80, seconds=0.5, grace=1.0)
+    async with timeouts.design("before", k) as d:
+        res, busy = await timeouts.mixed_load(d, rate=80, seconds=0.5, grace=1.0)
     hung = res.df[(res.df.error == "unfinished")]
     assert set(hung["i"]) == set(timeouts.hang_schedule(k, len(res.df)))
     assert (hung["endpoint"] == HUNG).all()
@@ -152,9 +177,9 @@ def test_fill_time_is_the_arrival_of_the_pool_th_hang():
 # -- after: every request is answered in time ---------------------------------------------------
 async def test_with_timeouts_every_request_is_answered_and_the_pool_stays_free(leakcheck):
     k = replace(FAST, pool=8)          # 20 hung calls/s of at most ~130 ms: about 3 workers
-    async with timeouts.after(k) as topo:
-        res, busy = await timeouts.mixed_load(topo, rate=40, seconds=0.5, grace=0.5)
-        stats = topo.retry_stats
+    async with timeouts.design("after", k) as d:
+        res, busy = await timeouts.mixed_load(d, rate=40, seconds=0.5, grace=0.5)
+        stats = d.retry_stats
     summary = timeouts.starvation_summary(res)
     assert summary["hung"].sum() == 0
     assert summary.loc[HEALTHY, "success"] == 1.0
@@ -168,20 +193,18 @@ async def test_with_timeouts_every_request_is_answered_and_the_pool_stays_free(l
 async def test_the_api_answers_before_an_inherited_deadline(leakcheck):
     # reply_ms: the time kept back to answer; generous, so that a busy machine cannot eat it
     k = replace(FAST, timeout_ms=1000, deadline_ms=None, reply_ms=80)
-    async with timeouts.after(k) as topo:
+    async with timeouts.design("after", k) as d:
         with dl.scope(dl.Deadline.after(0.3)):
-            reply = await topo.call("api", "GET", f"{HUNG}/1", raw=True)
+            reply = await d.call("api", "GET", f"{HUNG}/1", raw=True)
     assert reply.status == 504 and "deadline" in reply.json()["error"]
 
 
 async def test_deadline_experiment_keeps_every_request_inside_its_deadline(leakcheck):
     k = replace(FAST, hang_p=0.5, timeout_ms=80, attempts=3)
-    prop = await timeouts.deadline_experiment(k, deadline_ms=120, propagate=True, n=8,
-                                              rate=40)
-    fixed = await timeouts.deadline_experiment(k, deadline_ms=120, propagate=False, n=8,
-                                               rate=40)
+    r = await timeouts.deadlines(k, deadline_ms=120, n=8, rate=40)
+    prop, fixed = r.runs["deadline propagated"], r.runs["per-call timeouts only"]
     assert len(prop) == len(fixed) == 8
-    assert prop["over_ms"].max() < 40
+    assert prop["over_ms"].max() < r.margin_ms and r.late("deadline propagated") == 0
     assert prop["outcome"].isin(["ok", "HTTP 504", "deadline"]).all()
     assert prop.attrs["still_working_after"] == fixed.attrs["still_working_after"] == 0
     assert fixed["over_ms"].max() > prop["over_ms"].max()
@@ -309,7 +332,7 @@ async def test_a_shared_budget_makes_clients_give_up(leakcheck):
 
 async def test_measure_latency_and_count_timeouts(leakcheck):
     k = replace(FAST, hang_p=1.0)                       # measurement turns hanging off
-    res = await timeouts.measure_latency(k, n=40, concurrency=10)
+    res = await timeouts.latency(k, n=40, concurrency=10)
     assert res.df["ok"].all() and len(res.latencies) == 40
     assert res.latencies.median() >= k.latency_ms * 0.7
     assert await timeouts.count_timeouts(k, 1000, n=20) == 0.0
@@ -321,3 +344,30 @@ async def test_compare_runs_both_designs(leakcheck):
     assert set(table["design"]) == {"before", "after"}
     assert set(table["endpoint"]) == {HEALTHY, HUNG}
     assert table.loc[table.design == "after", "hung"].sum() == 0
+
+
+# -- claims, judged from one run ------------------------------------------------------------------
+async def test_findings_from_a_small_run_say_what_the_sample_can_show(leakcheck):
+    k = replace(FAST, pool=4, hang_p=1.0)        # every recommendation hangs: 504s after
+    r = await timeouts.starvation(k, rate=40, seconds=1.0, reps=1)
+    assert r.hung("after") == (0, 40) and r.hung("before")[0] > 20
+    starved, due = r.starved_after_fill()
+    assert due > 10 and starved == due             # every /product after the fill starves
+    f = timeouts.findings(r)
+    assert [x.claim.id for x in f] == [c.id for c in timeouts.CLAIMS]
+    assert f[0].measured.n == due and f[1].measured.n == 40
+    # 40 requests cannot show a share >= 99 %: the verdict says so instead of "holds"
+    assert f[1].verdict == claims.NOT_SHOWN and f[1].needed
+    table = r.table()
+    # ratios with margins, never absolute times: /product does far better with timeouts
+    assert table.loc[("after", HEALTHY), "success"] > 1.5 * table.loc[("before", HEALTHY),
+                                                                       "success"]
+
+
+def test_findings_refuse_what_is_not_a_starvation_result():
+    with pytest.raises(TypeError, match="result"):
+        timeouts.findings({"hung": 0})
+
+
+def test_audit_knobs_are_knobs():
+    assert isinstance(timeouts.AUDIT_KNOBS, Knobs)
