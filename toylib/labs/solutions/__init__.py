@@ -1,0 +1,1 @@
+"""Lab solutions: the references the lab notebooks show (hidden) and the tests import."""
