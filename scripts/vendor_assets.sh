@@ -14,6 +14,9 @@
 #   DEST/jupyter-widgets/*.woff2, *.woff        Font Awesome files its CSS loads for widget icons
 #   DEST/jupyter-widgets/require.js             RequireJS, which embed-amd.js needs
 #   DEST/jupyter-widgets/widget-setup.js        written here: RequireJS paths, MathJax 3 bridge
+#   DEST/vega/vega.min.js, vega-lite.min.js,    Vega, Vega-Lite and vega-embed (UMD builds) for the
+#            vega-embed.min.js                  kernel-free explorers (toylib.present.explorer);
+#                                               loaded only by pages that show one
 #
 # Source maps are left out. Versions are pinned exactly in package.json / package-lock.json.
 set -euo pipefail
@@ -34,8 +37,8 @@ command -v npm >/dev/null || { echo "vendor_assets.sh: npm (Node 20) is required
 npm ci --ignore-scripts --no-audit --no-fund --loglevel=error >/dev/null
 
 nm=node_modules
-rm -rf "$dest/mermaid" "$dest/mathjax" "$dest/jupyter-widgets"
-mkdir -p "$dest/mermaid/chunks/mermaid.esm.min" "$dest/jupyter-widgets" \
+rm -rf "$dest/mermaid" "$dest/mathjax" "$dest/jupyter-widgets" "$dest/vega"
+mkdir -p "$dest/mermaid/chunks/mermaid.esm.min" "$dest/jupyter-widgets" "$dest/vega" \
          "$dest/mathjax/output/chtml/fonts" "$dest/mathjax/input/tex"
 
 # Mermaid: the entry imports ./chunks/mermaid.esm.min/<chunk>.mjs, so keep that layout.
@@ -58,6 +61,14 @@ cp "$hm/embed.js.LICENSE.txt" "$dest/jupyter-widgets/LICENSE.txt"
 cp "$hm"/*.woff2 "$hm"/*.woff "$dest/jupyter-widgets/"
 # The requirejs package ships only the unminified build (its licence is in the header).
 cp "$nm/requirejs/require.js" "$dest/jupyter-widgets/require.js"
+
+# Vega: the UMD builds define the globals vega, vegaLite and vegaEmbed (book/_static/
+# course-explorer.js loads them in that order, with RequireJS's define hidden meanwhile).
+for pkg in vega vega-lite vega-embed; do
+    cp "$nm/$pkg/build/$pkg.min.js" "$dest/vega/"
+    # vega's npm package ships no LICENSE file; its licence (BSD-3-Clause) is in package.json.
+    if [ -f "$nm/$pkg/LICENSE" ]; then cp "$nm/$pkg/LICENSE" "$dest/vega/LICENSE-$pkg"; fi
+done
 
 # widget-setup.js runs before require.js and embed-amd.js, on the pages that show widgets.
 # 1. embed-amd.js defines named AMD modules (@jupyter-widgets/base, .../controls, ...) and each
@@ -103,7 +114,7 @@ JS
 
 # Fail loudly if a package moved a file (a version bump that changes the layout).
 for f in mermaid/mermaid.esm.min.mjs mathjax/tex-mml-chtml.js jupyter-widgets/embed-amd.js jupyter-widgets/require.js \
-         jupyter-widgets/widget-setup.js; do
+         jupyter-widgets/widget-setup.js vega/vega.min.js vega/vega-lite.min.js vega/vega-embed.min.js; do
     [ -s "$dest/$f" ] || { echo "vendor_assets.sh: missing $f" >&2; exit 1; }
 done
 echo "vendored web assets: $(du -sh "$dest" | cut -f1) in $1"

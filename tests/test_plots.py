@@ -137,3 +137,44 @@ def test_figures_render_to_png():
     buf.seek(0)
     img = Image.open(buf).convert("RGBA")
     assert img.getpixel((0, 0)) == (255, 255, 255, 255)    # opaque corner, not transparent
+
+
+# -- captions and alt text --------------------------------------------------------------------
+def test_a_figure_carries_its_caption_and_alt_text_in_the_png():
+    import io
+
+    from PIL import Image
+    fig = plots.measured_vs_ideal([1, 2], {"before": [3, 4]}, {"before": [3, 3]},
+                                  xlabel="clients", ylabel="latency (ms)", title="Grows",
+                                  caption="Latency grows with clients.",
+                                  alt="Two lines: measured latency rises from 3 to 4 ms.")
+    info = Image.open(io.BytesIO(plots.png(fig))).text
+    assert info["Title"] == "Latency grows with clients."
+    assert info["Description"] == "Two lines: measured latency rises from 3 to 4 ms."
+
+
+def test_a_figure_without_them_is_described_from_its_titles_labels_and_legend():
+    fig, ax = plt.subplots()
+    ax.plot([1, 2], [3, 4], label="before")
+    ax.set(title="Order latency", xlabel="load", ylabel="p50 (ms)")
+    ax.legend()
+    caption, alt = plots.texts(fig)
+    assert caption == "Order latency"
+    assert alt == "Figure: chart 'Order latency' of p50 (ms) against load; series: before"
+
+
+def test_describe_refuses_bad_values():
+    fig, _ = plt.subplots()
+    with pytest.raises(TypeError, match="caption must be a string"):
+        plots.describe(fig, caption=3)
+    with pytest.raises(ValueError, match="alt must be at most"):
+        plots.describe(fig, alt="x" * 10_000)
+    with pytest.raises(TypeError, match="fig must be a matplotlib Figure"):
+        plots.describe("not a figure")
+
+
+def test_tables_are_shown_in_full():
+    assert pd.get_option("display.max_colwidth") is None
+    assert pd.get_option("display.max_columns") is None
+    html = pd.DataFrame({"assumptions": ["x" * 200]})._repr_html_()
+    assert "x" * 200 in html and "…" not in html and "..." not in html

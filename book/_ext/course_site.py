@@ -17,13 +17,13 @@ Loaded from ``_config.yml`` (``sphinx.local_extensions``). It does five small th
   caption and description into its PNG (the standard ``Title`` and ``Description`` text
   chunks). Here each notebook image that carries them becomes a numbered figure with that
   caption, and its alt text says what the figure shows, not the file's name.
-* **No duplicate inline script.** sphinx-thebe adds its configuration script
-  (``const THEBE_JS_URL = ...``) once per build, and Jupyter Book builds twice in one process
-  for some configurations, so pages carried it twice and threw "Identifier 'THEBE_JS_URL' has
-  already been declared". Identical inline scripts are kept once.
-* **The site's stylesheet** (``book/_static``): full tables, visible
-  scrolling, readable Mermaid diagrams in both colour modes, and the kernel-free explorers of
-  ``toylib.present.explorer``.
+* **No duplicate inline script.** Every page carried sphinx-thebe's configuration script
+  (``const THEBE_JS_URL = ...``) twice and threw "Identifier 'THEBE_JS_URL' has already been
+  declared" on load. Identical inline scripts are kept once.
+* **The site's stylesheet and the explorer loader** (``book/_static``): full tables, visible
+  scrolling, readable Mermaid diagrams in both colour modes; ``course.js`` marks boxes that
+  scroll sideways and draws the
+  kernel-free explorers of ``toylib.present.explorer`` with the site's own copy of Vega.
 """
 from __future__ import annotations
 
@@ -241,4 +241,5 @@ def setup(app: Sphinx) -> dict:
     app.connect("html-page-context", dedupe_scripts, priority=900)
     app.connect("build-finished", offer_executed_notebooks)
     app.add_css_file("course.css")
+    app.add_js_file("course.js", defer="defer")
     return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}
