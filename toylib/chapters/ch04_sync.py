@@ -2,20 +2,26 @@
 services, and one that answers at once.
 
 * **Before** (:class:`SyncCheckout`): the checkout calls cart (50 ms), customer (30 ms),
-  payment (200 ms), inventory (100 ms) and shipping (150 ms) one after another, as the seed
-  draws it, and answers when the last one has. The client waits 530 ms, and the order succeeds
-  only if all five calls do. Nothing undoes a charge when a later call fails.
+  payment (200 ms), inventory (100 ms) and shipping (150 ms) one after another, as the source
+  article draws it, and answers when the last one has. The client waits 530 ms, and the order
+  succeeds only if all five calls do. Nothing undoes a charge when a later call fails.
 * **After** (:class:`AsyncCheckout`): the checkout stores the order, its status and an outbox
   event in one local transaction and answers ``202 Accepted`` with an id to poll. A relay
   publishes the event; the saga orchestrator (:mod:`toylib.data.saga`) drives cart, customer,
-  inventory, payment and shipping with a retry handler (:mod:`toylib.resilience.retry`, and the saga's
-  own retries after the pivot) and a compensation handler (refund, release, in reverse
-  order); each saga status goes back to the checkout as an event, which updates the status
-  the client polls.
+  inventory, payment and shipping with a retry handler (:mod:`toylib.resilience.retry`, and
+  the saga's own retries after the pivot) and a compensation handler (refund, release, in
+  reverse order); each saga status goes back to the checkout as an event, which updates the
+  status the client polls.
 
 Every participant honours an idempotency key, the same on every try, so a retried command is
 applied once. The participants keep their ledgers in memory: this chapter is about who waits
 for whom, not about storage (chapter 1 gives every service its own database).
+
+The chapter follows :mod:`toylib.chapters.design`: :class:`Knobs` -> a :class:`Checkout`
+design (``async with``) -> the experiments :func:`response_times`, :func:`success_rates` and
+:func:`throughput` (each builds, interleaves and releases both designs) -> :data:`CLAIMS`
+judged by :func:`findings`; :func:`audit` is the small run behind every claim, and
+:func:`sweep` the grid the static site lets a reader explore.
 """
 from __future__ import annotations
 
@@ -23,44 +29,55 @@ import asyncio
 import random
 from collections import Counter
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import pandas as pd
 from aiohttp import web
 
-from toylib.core import validate as v
+from toylib.chapters.design import Design, build
+from toylib.claims import Claim, Estimate, Finding
 from toylib.core import load
-from toylib.resilience import retry
 from toylib.core import trace as tr
+from toylib.core import validate as v
+from toylib.core.calibrate import LoopLag
+from toylib.core.clock import now
+from toylib.core.faults import Error, Latency
+from toylib.core.services import CallError, Node, Service, Store, Topology
 from toylib.data.bus import EventBus
 from toylib.data.db import Database
-from toylib.chapters.design import Experiment
-from toylib.core.faults import Error, Latency
 from toylib.data.outbox import IdempotentConsumer, Outbox
 from toylib.data.saga import TERMINAL as SAGA_TERMINAL
 from toylib.data.saga import SagaDefinition, SagaOrchestrator, Step
-from toylib.core.services import CallError, Node, Service, Store, Topology
-from toylib.core.clock import now
 from toylib.data.status import FROM_SAGA, TERMINAL, StatusStore, UnknownRequest
+from toylib.resilience import retry
 
+CHAPTER = "ch04_sync"
 CHAIN = {"cart": 50.0, "customer": 30.0, "payment": 200.0, "inventory": 100.0,
-         "shipping": 150.0}                      # the seed's chain: order and latency (ms)
+         "shipping": 150.0}                      # the source's chain: order and latency (ms)
 KEY = "Idempotency-Key"
+RELAY_INTERVAL_S = 0.005       # the outbox relay polls this often: a small part of the response
 ORDERS = ("CREATE TABLE IF NOT EXISTS orders (order_id TEXT PRIMARY KEY, cart_id INTEGER, "
           "customer_id INTEGER, status TEXT NOT NULL, created_at REAL NOT NULL);")
+
+# Upper bounds that fit a laptop: a reader's typo (10**9 checkouts) is refused, not run.
+MAX_ORDERS = 5_000
+MAX_CLIENTS = 500
+MAX_TRIALS = 50
+MAX_INDEX = 10**9
+MAX_WAIT_S = 600.0
 
 
 @dataclass(frozen=True)
 class Knobs:
-    """The chapter's knobs, validated once."""
-    scale: float = 1.0          # multiplies the seed's latencies (0: no injected delay)
+    """Everything a reader may turn in this chapter, validated once when built."""
+    scale: float = 1.0          # multiplies the source's latencies (0: no injected delay)
     p: float = 0.0              # each call to a participant fails (503) with probability p
     attempts: int = 1           # tries per call, the first included (1: no retry)
     saga_attempts: int = 5      # after the pivot, the orchestrator's tries of a step
     backoff_ms: float = 20.0    # base of the full-jitter backoff between tries
     workers: int | None = None  # the checkout's pool of workers (None: unbounded)
-    partitions: int = 4
-    seed: int = 0
+    partitions: int = 4         # of the two topics between the checkout and the orchestrator
+    seed: int = 0               # faults and jitter are drawn from it: a run replays
 
     def __post_init__(self):
         v.number("scale", self.scale, low=0, high=10)
@@ -68,17 +85,26 @@ class Knobs:
         v.number("attempts", self.attempts, low=1, high=10, integer=True)
         v.number("saga_attempts", self.saga_attempts, low=1, high=20, integer=True)
         v.number("backoff_ms", self.backoff_ms, low=0, low_open=True, high=10_000)
-        v.optional(v.positive, "workers", self.workers, integer=True)
+        v.optional(v.number, "workers", self.workers, low=1, high=1_000, integer=True)
         v.number("partitions", self.partitions, low=1, high=64, integer=True)
-        v.number("seed", self.seed, integer=True)
+        v.number("seed", self.seed, low=0, high=2**32 - 1, integer=True)
 
     def latency_ms(self, service: str) -> float:
         return CHAIN[v.one_of("service", service, CHAIN)] * self.scale
 
 
+def knobs_or_default(knobs, default: Knobs | None = None) -> Knobs:
+    """``knobs`` if it is this chapter's :class:`Knobs`, ``default`` (or ``Knobs()``) if None."""
+    if knobs is None:
+        return default if default is not None else Knobs()
+    if not isinstance(knobs, Knobs):
+        raise TypeError(f"knobs must be a {CHAPTER}.Knobs or None; got {knobs!r}")
+    return knobs
+
+
 def request_for(i: int) -> dict:
     """Checkout ``i``'s body: the same cart and customer in both designs."""
-    v.non_negative("i", i, integer=True)
+    v.number("i", i, low=0, high=MAX_INDEX, integer=True)
     return {"cart_id": i, "customer_id": 1 + i % 50}
 
 
@@ -106,7 +132,7 @@ class Participants:
     """
 
     def __init__(self, k: Knobs):
-        self.k = k
+        self.k = knobs_or_default(k)
         self.charged: dict[str, float] = {}
         self.refunded: set[str] = set()
         self.reserved: dict[str, list] = {}
@@ -193,6 +219,8 @@ class Participants:
 
     def invariants(self, status: dict) -> dict:
         """Given each order's final status, what the participants' ledgers say."""
+        if not isinstance(status, dict):
+            raise TypeError(f"status must be a dict of order id -> status; got {status!r}")
         kept = {o for o in self.charged if o not in self.refunded}
         held = {o for o in self.reserved if o not in self.released}
         return {
@@ -206,35 +234,42 @@ class Participants:
         }
 
 
-# -- both designs: a workspace, a topology, a scope -----------------------------------------------
-class _Design(Experiment):
-    prefix = "checkout"
+# -- both designs: the checkout's database, the participants, a scope -----------------------------
+class Checkout(Design):
+    """What both designs share: the participants, the checkout's database and its orders."""
+    chapter = CHAPTER
+    databases = True
 
-    def __init__(self, k: Knobs | None = None):
-        if k is not None and not isinstance(k, Knobs):
-            raise TypeError(f"k must be a checkout.Knobs or None; got {k!r}")
-        self.k = k or Knobs()
-        self.participants = Participants(self.k)
+    def __init__(self, knobs: Knobs | None = None):
+        knobs = knobs_or_default(knobs)
+        self.participants = Participants(knobs)
         self.db: Database | None = None
-        super().__init__(Topology(*self._nodes(), name=f"checkout: {self.design}",
-                                  seed=self.k.seed))
+        super().__init__(knobs)
 
-    def _nodes(self) -> list[Node]:
-        raise NotImplementedError
-
-    async def _on_workspace(self) -> None:
-        self.db = await self.ws.database("checkout")
+    async def open_databases(self) -> None:
+        self.db = await self.checkout_database()
         await self.db.executescript(ORDERS)
+
+    async def checkout_database(self) -> Database:
+        """The checkout's own database in the workspace (a lab swaps in a mortal one)."""
+        return await self.ws.database("checkout")
+
+    def forget(self) -> None:
+        self.db = None
 
     async def place(self, i: int, *, trace_id: str | None = None) -> dict:
         """Send checkout ``i`` (see :func:`request_for`); the checkout's answer."""
-        return await self.topology.call("checkout", "POST", "/checkout", json=request_for(i),
-                                        trace_id=trace_id)
+        self.require_running()
+        return await self.call("checkout", "POST", "/checkout", json=request_for(i),
+                               trace_id=trace_id)
 
     async def wait_done(self, timeout: float = 30.0) -> None:
         """Wait until every order has its final status (before: as soon as it answered)."""
+        v.number("timeout", timeout, low=0, low_open=True, high=MAX_WAIT_S)
+        self.require_running()
 
     async def statuses(self) -> dict:
+        self.require_running()
         return dict(await self.db.fetchall("SELECT order_id, status FROM orders"))
 
     async def invariants(self) -> dict:
@@ -245,23 +280,25 @@ class _Design(Experiment):
                 **self.participants.invariants(status)}
 
 
-class SyncCheckout(_Design):
+class SyncCheckout(Checkout):
     """Before: the checkout answers when all five services have."""
-    design = "before"
+    name = "before"
 
-    def _nodes(self) -> list[Node]:
-        return [Node("client", "edge", label="Client", uses=("checkout",), shape="client"),
-                sync_checkout(self), *self.participants.services,
-                Store("checkout_db", label="Checkout DB")]
+    def build(self) -> Topology:
+        return Topology(
+            Node("client", "edge", label="Client", uses=("checkout",), shape="client"),
+            sync_checkout(self), *self.participants.services,
+            Store("checkout_db", label="Checkout DB"),
+            name=f"{CHAPTER}: {self.name}", seed=self.knobs.seed)
 
 
 def sync_checkout(c: SyncCheckout) -> Service:
     checkout = Service("checkout", label="Checkout Service", uses=(*CHAIN, "checkout_db"),
-                       max_concurrency=c.k.workers)
+                       max_concurrency=c.knobs.workers)
 
     @checkout.post("/checkout")
     async def handle(request):
-        b, k = await request.json(), c.k
+        b, k = await request.json(), c.knobs
         async with c.db.transaction():
             (n,) = await c.db.fetchone("SELECT COUNT(*) FROM orders")
             order_id = f"order-{n + 1}"
@@ -294,7 +331,7 @@ def sync_checkout(c: SyncCheckout) -> Service:
 def accepting_checkout(c: AsyncCheckout) -> Service:
     """Store the order, its status and its event in one transaction; answer 202 at once."""
     checkout = Service("checkout", label="Checkout Service", uses=("checkout_db",),
-                       max_concurrency=c.k.workers)
+                       max_concurrency=c.knobs.workers)
 
     @checkout.post("/checkout")
     async def accept(request):
@@ -312,7 +349,7 @@ def accepting_checkout(c: AsyncCheckout) -> Service:
     async def poll(request):
         try:
             return await c.statuses_store.get(request.match_info["id"])
-        except UnknownRequest as e:
+        except (UnknownRequest, ValueError) as e:
             return web.json_response({"error": str(e)}, status=404)
 
     return checkout
@@ -321,7 +358,7 @@ def accepting_checkout(c: AsyncCheckout) -> Service:
 def checkout_saga(c: AsyncCheckout) -> SagaDefinition:
     """Reads first, then the compensatable reservation, the payment as the pivot, and the
     shipping label, which after the pivot is retried until it succeeds."""
-    orch, k = c.topology.service("orchestrator"), c.k
+    orch, k = c.topology.service("orchestrator"), c.knobs
 
     async def load_cart(ctx, key):
         cart = await call(orch, "cart", "GET", f"/carts/{ctx['cart_id']}", k, key=key)
@@ -361,19 +398,25 @@ def checkout_saga(c: AsyncCheckout) -> SagaDefinition:
         Step("shipping", ship)])
 
 
-class AsyncCheckout(_Design):
-    """After: accept at once; a saga orchestrator finishes the work and reports back."""
-    design = "after"
+class AsyncCheckout(Checkout):
+    """After: accept at once; a saga orchestrator finishes the work and reports back.
 
-    def __init__(self, k: Knobs | None = None):
-        super().__init__(k)
+    What runs beside the services (the bus, the relay, the orchestrator, the status consumer)
+    lives on the design, never on its topology, and is dropped when the block ends.
+    """
+    name = "after"
+
+    def __init__(self, knobs: Knobs | None = None):
         self.bus: EventBus | None = None
         self.outbox: Outbox | None = None
         self.statuses_store: StatusStore | None = None
         self.orchestrator: SagaOrchestrator | None = None
+        self.saga_db: Database | None = None
         self._open_spans: dict[str, tuple] = {}
+        super().__init__(knobs)
 
-    def _nodes(self) -> list[Node]:
+    def nodes(self) -> list[Node]:
+        """The topology's nodes (a lab may swap the checkout service for the reader's)."""
         orch = Service("orchestrator", "control", label="Saga Orchestrator",
                        uses=(*CHAIN, "saga_log", "retry", "compensation", "status_events"))
         return [Node("client", "edge", label="Client (polls its order)", uses=("checkout",),
@@ -389,19 +432,23 @@ class AsyncCheckout(_Design):
                 Node("retry", "control", label="Retry handler: backoff + idempotency key"),
                 Node("compensation", "control", label="Compensation handler: reverse order")]
 
-    async def _open(self) -> None:
+    def build(self) -> Topology:
+        return Topology(*self.nodes(), name=f"{CHAPTER}: {self.name}", seed=self.knobs.seed)
+
+    async def open_databases(self) -> None:
+        await super().open_databases()
         self.statuses_store = await StatusStore(self.db, prefix="order", clock=now).setup()
         self.outbox = await Outbox(self.db, source="checkout", clock=now).setup()
-        self._saga_db = await self.ws.database("saga")
+        self.saga_db = await self.ws.database("saga")
 
-    async def _start(self, stack: AsyncExitStack) -> None:
-        k = self.k
+    async def start_beside(self, stack: AsyncExitStack) -> None:
+        k = self.knobs
         self.bus = EventBus(clock=now)
         self.bus.create_topic("checkouts", partitions=k.partitions)
         self.bus.create_topic("checkout-status", partitions=k.partitions)
-        await stack.enter_async_context(self.outbox.relay(self.bus, interval=0.005))
+        await stack.enter_async_context(self.outbox.relay(self.bus, interval=RELAY_INTERVAL_S))
         self.orchestrator = await stack.enter_async_context(SagaOrchestrator(
-            self._saga_db, checkout_saga(self), max_attempts=k.saga_attempts,
+            self.saga_db, checkout_saga(self), max_attempts=k.saga_attempts,
             base_delay=k.backoff_ms / 1000, max_delay=1.0, seed=k.seed, clock=now,
             on_status=self._on_status))
         status = await IdempotentConsumer(self.db, "checkout-status", self._status_changed,
@@ -411,6 +458,11 @@ class AsyncCheckout(_Design):
         await stack.enter_async_context(self.bus.consumer_group(
             "checkouts", "orchestrator", self._on_checkout, retry_delay=0.01))
 
+    def forget(self) -> None:
+        super().forget()
+        self.bus = self.outbox = self.statuses_store = self.orchestrator = self.saga_db = None
+        self._open_spans.clear()
+
     async def _on_checkout(self, event) -> None:
         """Start the order's saga (idempotent on its id, so a redelivery is harmless).
 
@@ -419,8 +471,8 @@ class AsyncCheckout(_Design):
         end (the time to completion, less the relay's short wait)."""
         e = event.value
         span_id = self.topology.tracer.new_span_id()
-        self._open_spans.setdefault(e["order_id"], (e["trace_id"], span_id, now()))
-        token = tr.current.set((e["trace_id"], span_id) if e["trace_id"] else None)
+        self._open_spans.setdefault(e["order_id"], (e.get("trace_id"), span_id, now()))
+        token = tr.current.set((e["trace_id"], span_id) if e.get("trace_id") else None)
         try:
             await self.orchestrator.start("checkout", {k: e[k] for k in
                                                        ("order_id", "cart_id", "customer_id")},
@@ -447,7 +499,7 @@ class AsyncCheckout(_Design):
         await db.execute("UPDATE orders SET status = ? WHERE order_id = ?", (new, order_id))
 
     async def wait_done(self, timeout: float = 30.0) -> None:
-        v.positive("timeout", timeout)
+        await super().wait_done(timeout)
         terminal = tuple(TERMINAL)
         async with asyncio.timeout(timeout):
             while (await self.db.fetchone(
@@ -458,37 +510,39 @@ class AsyncCheckout(_Design):
     async def poll(self, order_id: str, *, interval: float = 0.02,
                    timeout: float = 10.0) -> tuple[dict, int]:
         """What a client does: GET the status until it is final; (last answer, polls)."""
-        v.positive("interval", interval)
+        v.name("order_id", order_id)
+        v.number("interval", interval, low=0.001, high=10)
+        v.number("timeout", timeout, low=0, low_open=True, high=MAX_WAIT_S)
+        self.require_running()
         polls = 0
         async with asyncio.timeout(timeout):
             while True:
                 polls += 1
-                answer = await self.topology.call("checkout", "GET", f"/orders/{order_id}")
+                answer = await self.call("checkout", "GET", f"/orders/{order_id}")
                 if answer["terminal"]:
                     return answer, polls
                 await asyncio.sleep(interval)
 
     async def done_at(self) -> pd.Series:
         """When each order reached its final status (seconds on toylib.core.clock.now)."""
+        self.require_running()
         hist = await self.statuses_store.history()
         final = hist[hist.status.isin(TERMINAL)]
         return final.groupby("request_id")["t"].max()
 
 
-def before(k: Knobs | None = None) -> SyncCheckout:
-    return SyncCheckout(k)
+DESIGNS = {"before": SyncCheckout, "after": AsyncCheckout}
 
 
-def after(k: Knobs | None = None) -> AsyncCheckout:
-    return AsyncCheckout(k)
-
-
-DESIGNS = {"before": before, "after": after}
+def design(name: str, knobs: Knobs | None = None) -> Checkout:
+    """The design called ``name`` ("before" or "after"), built from ``knobs``."""
+    return build(DESIGNS, name, knobs_or_default(knobs))
 
 
 # -- the analytic figures -------------------------------------------------------------------------
-def ideal(k: Knobs) -> dict:
+def ideal(knobs: Knobs | None = None) -> dict:
     """What the injected delays and failure probabilities alone would give."""
+    k = knobs_or_default(knobs)
     chain = sum(k.latency_ms(s) for s in CHAIN)
     p, a, m = k.p, k.attempts, k.saga_attempts
     return {"response_before_ms": chain,             # the client waits for all five
@@ -502,48 +556,320 @@ def ideal(k: Knobs) -> dict:
                                       if k.workers and chain else float("nan"))}
 
 
-# -- the chapter's experiments --------------------------------------------------------------------
-def _design(design: str):
-    return DESIGNS[v.one_of("design", design, DESIGNS)]
+# -- a probe: checkouts against one running design ------------------------------------------------
+@dataclass
+class Orders:
+    """``n`` checkouts against one design: the load (``latency_ms`` is the response time,
+    ``completion_ms`` the time until the order's final status) and the durable outcome (the
+    orders' statuses and the participants' ledgers, :meth:`Checkout.invariants`)."""
+    design: str
+    load: load.LoadResult
+    outcome: dict
+    elapsed_s: float
+
+    @property
+    def df(self) -> pd.DataFrame:
+        return self.load.df
+
+    @property
+    def n(self) -> int:
+        return len(self.load.df)
 
 
-async def _run(system: _Design, n: int, concurrency: int, first: int) -> load.LoadResult:
+def _count(name: str, value, high: int) -> int:
+    return v.number(name, value, low=1, high=high, integer=True)
+
+
+def _check_orders(n, concurrency, first) -> None:
+    _count("n", n, MAX_ORDERS)
+    _count("concurrency", concurrency, MAX_CLIENTS)
+    v.number("first", first, low=0, high=MAX_INDEX - n, integer=True)
+
+
+async def place_orders(system: Checkout, n: int, *, concurrency: int = 1,
+                       first: int = 0) -> Orders:
+    """``n`` checkouts from ``concurrency`` clients into the running ``system``, then the
+    outcome of every order once all are final (before: at once; after: when its saga ends)."""
+    if not isinstance(system, Checkout):
+        raise TypeError(f"system must be a running {CHAPTER} design; got {system!r}")
+    _check_orders(n, concurrency, first)
+    system.require_running()
+
     async def one(i):
         t_sent = now()
         answer = await system.place(first + i, trace_id=f"checkout-{first + i}")
         return {"order_id": answer["order_id"], "t_sent": t_sent}
 
+    t0 = now()
     if concurrency == 1:
-        return await load.sequential(one, n=n, progress=False, label=system.design)
-    return await load.closed_loop(one, n=n, concurrency=concurrency, progress=False,
-                                  label=system.design)
+        res = await load.sequential(one, n=n, progress=False, label=system.name)
+    else:
+        res = await load.closed_loop(one, n=n, concurrency=concurrency, progress=False,
+                                     label=system.name)
+    await system.wait_done()
+    df = res.df
+    if isinstance(system, AsyncCheckout):
+        done = await system.done_at()
+        df["completion_ms"] = (df["order_id"].map(done) - df["t_sent"]) * 1000
+        last = float(done.max()) if len(done) else now()
+    else:
+        df["completion_ms"] = df["latency_ms"].where(df["ok"])
+        last = now()
+    return Orders(system.name, res, await system.invariants(), last - t0)
 
 
-async def checkouts(design: str, k: Knobs, *, n: int, concurrency: int = 1,
-                    first: int = 0) -> tuple[load.LoadResult, dict]:
-    """``n`` checkouts (``concurrency`` clients), then the outcome of every order.
+async def checkouts(name: str, knobs: Knobs | None = None, *, n: int, concurrency: int = 1,
+                    first: int = 0) -> Orders:
+    """Build the design ``name``, run :func:`place_orders` in it, and release it."""
+    system = design(name, knobs)
+    _check_orders(n, concurrency, first)
+    async with system:
+        return await place_orders(system, n, concurrency=concurrency, first=first)
 
-    The load's ``latency_ms`` is the response time; ``completion_ms`` is the time until the
-    order's final status (before: the response; after: the status the client would poll).
-    Returns the load result and the invariants (:meth:`Participants.invariants`), with
-    ``elapsed_s``, the time until the last order was final.
-    """
-    build = _design(design)
-    v.positive("n", n, integer=True)
-    v.positive("concurrency", concurrency, integer=True)
-    v.non_negative("first", first, integer=True)
-    async with build(k) as system:
-        t0 = now()
-        res = await _run(system, n, concurrency, first)
-        await system.wait_done()
-        df = res.df
-        if isinstance(system, AsyncCheckout):
-            done = await system.done_at()
-            df["completion_ms"] = (df["order_id"].map(done) - df["t_sent"]) * 1000
-            last = float(done.max()) if len(done) else now()
-        else:
-            df["completion_ms"] = df["latency_ms"].where(df["ok"])
-            last = now()
-        inv = await system.invariants()
-    inv["elapsed_s"] = last - t0
-    return res, inv
+
+# -- experiment 1: response time and time to completion -------------------------------------------
+SERIES = ("before: response", "after: response", "after: completion")
+
+
+@dataclass
+class Timing:
+    """Trials of the same load on both designs, interleaved (before, after, before, ...)."""
+    knobs: Knobs
+    n: int
+    clients: int
+    runs: dict = field(default_factory=dict)      # design -> [Orders, one per trial]
+
+    def _series(self, name: str) -> list[pd.Series]:
+        v.one_of("name", name, SERIES)
+        design_, what = name.split(": ")
+        if what == "response":
+            return [o.load.latencies for o in self.runs[design_]]
+        return [o.df["completion_ms"].dropna() for o in self.runs[design_]]
+
+    def trial_medians(self) -> pd.DataFrame:
+        """One row per trial, one column per series: each trial's median (ms)."""
+        return pd.DataFrame({s: [float(x.median()) for x in self._series(s)] for s in SERIES})
+
+    def latencies(self) -> dict[str, pd.Series]:
+        """Every request of every trial, pooled per series (for percentile plots)."""
+        return {s: pd.concat(self._series(s), ignore_index=True) for s in SERIES}
+
+    def estimate(self, name: str, lag: LoopLag | None = None) -> Estimate:
+        """The median over trials of each trial's median, with the trials' min-max as the
+        spread. On a machine too busy to time 20 ms hops (``lag.busy``), the spread is widened
+        by the event loop's p99 lag: any time measured there may be late by that much."""
+        e = Estimate.trials(self.trial_medians()[name], unit="ms")
+        if lag is None or not lag.busy:
+            return e
+        return replace(e, high=e.high + lag.p99_ms, how=e.how + " + event-loop lag p99")
+
+    def ideal_ms(self) -> dict:
+        i = ideal(self.knobs)
+        return {"before: response": i["response_before_ms"],
+                "after: response": i["response_after_ms"],
+                "after: completion": i["completion_after_ms"]}
+
+    def table(self) -> pd.DataFrame:
+        med, pooled = self.trial_medians(), self.latencies()
+        return pd.DataFrame({"median of trials (ms)": med.median(), "lowest trial (ms)": med.min(),
+                             "highest trial (ms)": med.max(),
+                             "p90, all requests (ms)": {s: x.quantile(0.9)
+                                                        for s, x in pooled.items()},
+                             "ideal (ms)": self.ideal_ms()})
+
+
+async def response_times(knobs: Knobs | None = None, *, n: int = 6, clients: int = 1,
+                         trials: int = 3) -> Timing:
+    """``trials`` times: ``n`` checkouts from ``clients`` clients on the before design, then
+    the same on the after design (fresh designs each trial, so no trial warms the next).
+
+    One client by default: the response time of one user, as the source's figures are, not
+    the queueing of many clients at one database connection (experiment 3 is about that)."""
+    k = knobs_or_default(knobs)
+    _count("n", n, 1_000)
+    _count("clients", clients, MAX_CLIENTS)
+    _count("trials", trials, MAX_TRIALS)
+    out = Timing(k, n, clients, {d: [] for d in DESIGNS})
+    for t in range(trials):
+        for name in DESIGNS:
+            async with design(name, k) as system:
+                # A client in steady state holds a keep-alive connection: open it first, so
+                # the first checkout of a trial does not also time a TCP handshake.
+                await system.call("checkout", "GET", "/health")
+                out.runs[name].append(await place_orders(system, n, concurrency=clients,
+                                                         first=t * n))
+    return out
+
+
+# -- experiment 2: success under transient failures, with and without retries ---------------------
+@dataclass
+class Success:
+    """Checkouts completed per failure probability, tries per call and design (counts)."""
+    knobs: Knobs
+    n: int
+    rows: pd.DataFrame           # p, tries per call, design, n, completed, ideal, answered, ...
+
+    def row(self, p: float, attempts: int, design_: str) -> pd.Series:
+        r = self.rows[(self.rows.p == p) & (self.rows["tries per call"] == attempts)
+                      & (self.rows.design == design_)]
+        if r.empty:
+            raise ValueError(f"(p, attempts, design) must be a run of this experiment; got "
+                             f"{(p, attempts, design_)!r}; runs: "
+                             f"{list(self.rows[['p', 'tries per call', 'design']].itertuples(index=False, name=None))}")
+        return r.iloc[0]
+
+    def estimate(self, p: float, attempts: int, design_: str) -> Estimate:
+        """The share of checkouts completed, with its Wilson interval."""
+        r = self.row(p, attempts, design_)
+        return Estimate.proportion(int(r["completed"]), int(r["n"]))
+
+    def __add__(self, other: "Success") -> "Success":
+        """Two runs' rows together (the audit runs only the pairs its claims need)."""
+        if not isinstance(other, Success) or other.n != self.n:
+            raise TypeError(f"other must be a Success of the same n ({self.n}); got {other!r}")
+        return Success(self.knobs, self.n, pd.concat([self.rows, other.rows],
+                                                     ignore_index=True))
+
+    def shares(self) -> pd.DataFrame:
+        """Completed share beside the ideal, per p and tries, for both designs."""
+        df = self.rows.assign(completed=self.rows.completed / self.rows.n)
+        return df.pivot(index=["p", "tries per call"], columns="design",
+                        values=["completed", "ideal", "answered"])
+
+
+SUCCESS_KNOBS = Knobs(scale=0, backoff_ms=1, seed=2)   # latency does not change these shares
+
+
+async def success_rates(knobs: Knobs | None = None, *, ps=(0.05, 0.1, 0.2), attempts=(1, 3),
+                        n: int = 100, clients: int = 10, designs=tuple(DESIGNS)) -> Success:
+    """``n`` checkouts on each of ``designs`` for every failure probability in ``ps`` and
+    every number of tries per call in ``attempts`` (the knobs' own ``p`` and ``attempts``
+    are replaced). Seeded faults: with one try per call the counts replay exactly."""
+    k = knobs_or_default(knobs, SUCCESS_KNOBS)
+    ps = _grid("ps", ps, lambda name, x: v.probability(name, x))
+    attempts = _grid("attempts", attempts,
+                     lambda name, x: v.number(name, x, low=1, high=10, integer=True))
+    designs = _grid("designs", designs, lambda name, x: v.one_of(name, x, DESIGNS))
+    _count("n", n, MAX_ORDERS)
+    _count("clients", clients, MAX_CLIENTS)
+    rows = []
+    for p in ps:
+        for a in attempts:
+            kp = replace(k, p=p, attempts=a)
+            for name in designs:
+                o = await checkouts(name, kp, n=n, concurrency=clients)
+                rows.append({"p": p, "tries per call": a, "design": name, "n": n,
+                             "answered": float(o.df["ok"].mean()),
+                             "ideal": ideal(kp)[f"success_{name}"], **o.outcome})
+    return Success(k, n, pd.DataFrame(rows))
+
+
+def _grid(name: str, values, check, most: int = 10) -> tuple:
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        raise TypeError(f"{name} must be a list of values; got {values!r}")
+    values = tuple(values)
+    if not 1 <= len(values) <= most:
+        raise ValueError(f"{name} must be a list of 1 to {most} values; got {len(values)}")
+    return tuple(check(name, x) for x in values)
+
+
+# -- experiment 3: throughput with a bounded pool of workers --------------------------------------
+THROUGHPUT_KNOBS = Knobs(workers=20)
+
+
+async def throughput(knobs: Knobs | None = None, *, n: int = 80, clients: int = 40) -> pd.DataFrame:
+    """``n`` checkouts from ``clients`` clients on each design, whose checkout has
+    ``knobs.workers`` workers: answered and completed per second, and the medians."""
+    k = knobs_or_default(knobs, THROUGHPUT_KNOBS)
+    if k.workers is None:
+        raise ValueError("knobs.workers must be set (a bounded pool of workers) for this "
+                         "experiment; got None")
+    _count("n", n, MAX_ORDERS)
+    _count("clients", clients, MAX_CLIENTS)
+    rows = {}
+    for name in DESIGNS:
+        o = await checkouts(name, k, n=n, concurrency=clients)
+        rows[name] = {"answered per second": o.load.summary()["throughput_rps"],
+                      "completed per second": o.outcome["completed"] / o.elapsed_s,
+                      "response p50 (ms)": o.load.summary()["p50_ms"],
+                      "completion p50 (ms)": float(o.df["completion_ms"].median()),
+                      "completed": o.outcome["completed"]}
+    return pd.DataFrame(rows).T
+
+
+# -- the source's claims, declared once -----------------------------------------------------------
+CLAIM_P = 0.05                 # the failure probability per call at which the claims are judged
+CLAIM_TRIES = 3                # tries per call for the availability claim
+CLAIMS = (
+    Claim(f"{CHAPTER}.chain", "time to answer, before",
+          "Total: 530ms (cart 50, customer 30, payment 200, inventory 100, shipping 150 ms, "
+          "one after another)",
+          "median over trials of each trial's median response time of the chained checkout",
+          claimed=sum(CHAIN.values()), at_least=True, tolerance=0.95, unit="ms",
+          assumptions="the source's delays injected in each participant; the client waits for "
+                      "their sum, plus well under a millisecond per hop"),
+    Claim(f"{CHAPTER}.immediate", "time to answer, after", "Immediate Response - 10ms",
+          "median over trials of each trial's median response time of the accepting checkout",
+          claimed=10.0, at_least=False, tolerance=0.8, unit="ms",
+          assumptions="'10 ms' is the time to accept (one local SQLite transaction and one "
+                      "hop); the order is completed no sooner than before"),
+    Claim(f"{CHAPTER}.multiplication", "failure multiplication",
+          "Synchronous Chain - All Must Succeed; 530ms + failure multiplication",
+          f"share of chained checkouts completed when every call fails with p = {CLAIM_P}, "
+          f"one try per call (claimed: the product of five successes)",
+          claimed=(1 - CLAIM_P) ** len(CHAIN), at_least=False, tolerance=0.9,
+          assumptions="independent, transient failures; no retries"),
+    Claim(f"{CHAPTER}.availability", "availability (impact table)",
+          "Sync Everywhere -> Async messaging: 99.9% availability",
+          f"share of checkouts the saga completed when every call fails with p = {CLAIM_P}, "
+          f"{CLAIM_TRIES} tries per call",
+          claimed=0.999, at_least=True, tolerance=0.999, conditional=True,
+          assumptions=f"transient, independent failures that {CLAIM_TRIES} tries per call "
+                      f"overcome; accepting needs only the checkout and its database"),
+)
+
+
+def findings(timing: Timing, success: Success, lag: LoopLag | None = None) -> list[Finding]:
+    """Every claim of :data:`CLAIMS` judged from these runs (one finding each, same order)."""
+    if not isinstance(timing, Timing):
+        raise TypeError(f"timing must be the result of response_times(); got {timing!r}")
+    if not isinstance(success, Success):
+        raise TypeError(f"success must be the result of success_rates(); got {success!r}")
+    if lag is not None and not isinstance(lag, LoopLag):
+        raise TypeError(f"lag must be a LoopLag (machine_check) or None; got {lag!r}")
+    chain, immediate, mult, avail = CLAIMS
+    ideal_ms, med = timing.ideal_ms(), timing.trial_medians().median()
+    done = med["after: completion"]
+    chain1 = success.row(CLAIM_P, 1, "before")
+    saga = success.row(CLAIM_P, CLAIM_TRIES, "after")
+    return [
+        chain.judge(timing.estimate("before: response", lag),
+                    ideal=ideal_ms["before: response"],
+                    note=f"{timing.n} checkouts from {timing.clients} clients per trial"),
+        immediate.judge(timing.estimate("after: response", lag),
+                        ideal=ideal_ms["after: response"],
+                        note=f"the order completed {done:.0f} ms after it was sent "
+                             f"(median; ideal {ideal_ms['after: completion']:.0f} ms)"),
+        mult.judge(success.estimate(CLAIM_P, 1, "before"), ideal=float(chain1["ideal"]),
+                   note=f"{int(chain1['charged, order not completed'])} customers charged for "
+                        f"an order that failed"),
+        avail.judge(success.estimate(CLAIM_P, CLAIM_TRIES, "after"), ideal=float(saga["ideal"]),
+                    note=f"every checkout accepted: {saga['answered']:.0%}; the rest "
+                         f"compensated: {int(saga['compensated'])}"),
+    ]
+
+
+AUDIT_KNOBS = Knobs()
+AUDIT_ORDERS = 200             # checkouts per failure run: enough to decide "all must succeed"
+
+
+async def audit(knobs: Knobs | None = None) -> list[Finding]:
+    """A small run of the experiments behind every claim (chapter 7 and the claims page)."""
+    k = knobs_or_default(knobs, AUDIT_KNOBS)
+    timing = await response_times(k, n=3, clients=1, trials=3)
+    kp = replace(SUCCESS_KNOBS, seed=k.seed)
+    success = (await success_rates(kp, ps=(CLAIM_P,), attempts=(1,), designs=("before",),
+                                   n=AUDIT_ORDERS)
+               + await success_rates(kp, ps=(CLAIM_P,), attempts=(CLAIM_TRIES,),
+                                     designs=("after",), n=AUDIT_ORDERS))
+    return findings(timing, success)

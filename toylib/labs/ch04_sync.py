@@ -95,8 +95,8 @@ class LabCheckout(checkout.AsyncCheckout):
         self.errors: Counter = Counter()      # failures of chapter 4's consumers, by kind
         super().__init__(k)
 
-    def _nodes(self):
-        return [self._lab_checkout() if n.name == "checkout" else n for n in super()._nodes()]
+    def nodes(self):
+        return [self._lab_checkout() if n.name == "checkout" else n for n in super().nodes()]
 
     def _lab_checkout(self) -> Service:
         svc = Service("checkout", label="Checkout Service", uses=("checkout_db",))
@@ -129,11 +129,9 @@ class LabCheckout(checkout.AsyncCheckout):
 
         return svc
 
-    async def _open(self) -> None:
-        # The checkout's database is a mortal one (chapter 4's own file stays unused).
-        self.db = await mortal_database(self.ws, "checkout_lab", wal=True, synchronous="off")
-        await self.db.executescript(checkout.ORDERS)
-        await super()._open()
+    async def checkout_database(self):
+        # The checkout's database is a mortal one: the checker can kill its process.
+        return await mortal_database(self.ws, "checkout_lab", wal=True, synchronous="off")
 
     async def _on_checkout(self, event) -> None:
         """Chapter 4's, tolerating an event without the trace id it uses for diagrams."""
@@ -184,8 +182,9 @@ async def run_case(solution: dict, case: Case) -> dict:
             raise system.todo
         await _check_database(system, accepted, final)
         inv = await system.invariants()
+        deaths = system.db.deaths
     return {"answered": len(answers), "accepted": len(accepted),
-            "deaths": system.db.deaths,
+            "deaths": deaths,
             "completed": sum(s == "completed" for s in final.values()),
             "compensated": sum(s == "compensated" for s in final.values()),
             "median response ms": statistics.median(a[2] for a in answers),
@@ -252,7 +251,7 @@ async def _settle(system: LabCheckout, accepted: dict) -> dict:
     """Poll the reader's status endpoint for every accepted order until it is final."""
     final, last = {}, {}
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + SETTLE_S + (1.0 if system.k.scale else 0.0)
+    deadline = loop.time() + SETTLE_S + (1.0 if system.knobs.scale else 0.0)
     while len(final) < len(accepted) and loop.time() < deadline:
         for oid, i in accepted.items():
             if oid in final:
