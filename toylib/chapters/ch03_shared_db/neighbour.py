@@ -1,0 +1,91 @@
+"""Experiment 3: a heavy analytics report next to order writes (the noisy neighbour).
+
+In a shared rollback-journal file a running report holds a shared lock that the order
+commit must wait out: each order waits for the report in progress (about a tenth of a second
+here), far above the harness's noise. One client places orders back to back for a window, so
+the headline is a count (orders placed per second) and the run is bounded in time; the
+set-ups are interleaved and repeated, and the verdict uses the spread over trials.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+from toylib.chapters.ch03_shared_db.contention import reports_running, writer
+from toylib.chapters.ch03_shared_db.designs import (DatabasePerService, SharedDatabase,
+                                                    ShopDesign, require_running)
+from toylib.chapters.ch03_shared_db.knobs import knobs_or_default, order_for
+from toylib.core import validate as v
+from toylib.core.clock import now
+
+# label -> (design, journal in WAL mode, analysts running the report)
+SETUPS = {"shared (journal)": (SharedDatabase, False, 1),
+          "per service": (DatabasePerService, False, 1),
+          "shared (WAL)": (SharedDatabase, True, 1),
+          "shared, no report": (SharedDatabase, False, 0)}
+MIN_HISTORY = 5_000      # below this the report is too quick to matter
+
+
+async def orders_beside_reports(d: ShopDesign, *, analysts: int,
+                                seconds: float = 1.0) -> pd.DataFrame:
+    """Probe of a running design: one client places orders back to back for ``seconds`` while
+    ``analysts`` run the report back to back. One row per order (start, end, ok, latency_ms);
+    ``attrs`` holds the elapsed time and how many reports ran.
+
+    A closed loop on purpose: how many orders got through in the window is a count, and the
+    run's length is bounded by the window plus one report, however slow the machine."""
+    require_running(d)
+    v.number("seconds", seconds, low=0.1, high=30)
+    v.number("analysts", analysts, low=0, high=d.knobs.analysts, integer=True)
+    await d.call("orders", "POST", "/orders", json=order_for(99_999, d.knobs))   # warm up
+    rows: list = []
+    async with reports_running(d, analysts) as reports:
+        start = now()
+        await writer(d, "orders", start + seconds, rows, start=100_000)
+        elapsed = now() - start
+    df = pd.DataFrame(rows)
+    df["latency_ms"] = (df.end - df.start) * 1000
+    df.attrs.update(elapsed_s=elapsed, reports=reports.done)
+    return df
+
+
+@dataclass
+class NeighbourResult:
+    rows: pd.DataFrame                   # set-up, trial, reports, orders ok, p50/p90/max ms
+    latencies: dict[str, pd.Series]      # set-up -> every ok order's latency, all trials
+
+    def trials(self, setup: str, column: str = "orders/s") -> list[float]:
+        r = self.rows[self.rows["set-up"] == v.one_of("setup", setup, list(SETUPS))]
+        return list(r[v.one_of("column", column, list(self.rows.columns))])
+
+    def table(self) -> pd.DataFrame:
+        return self.rows.groupby("set-up", sort=False).median(numeric_only=True).drop(
+            columns="trial")
+
+
+async def noisy_neighbour(knobs=None, *, setups=tuple(SETUPS), seconds: float = 1.0,
+                          trials: int = 1) -> NeighbourResult:
+    """Each set-up in turn (interleaved over ``trials``), with ``knobs.history`` past orders."""
+    knobs = knobs_or_default(knobs)
+    if knobs.history < MIN_HISTORY:
+        raise ValueError(f"knobs.history must be >= {MIN_HISTORY} for the noisy neighbour "
+                         f"(the report scans it); got {knobs.history!r}")
+    if isinstance(setups, str) or not setups or any(s not in SETUPS for s in setups):
+        raise ValueError(f"setups must be a non-empty sequence of {list(SETUPS)}; "
+                         f"got {setups!r}")
+    v.number("trials", trials, low=1, high=20, integer=True)
+    rows, lat = [], {s: [] for s in setups}
+    for trial in range(trials):
+        for label in setups:
+            kind, wal, analysts = SETUPS[label]
+            async with kind(knobs.but(wal=wal, analysts=1)) as d:
+                df = await orders_beside_reports(d, analysts=analysts, seconds=seconds)
+            ok = df.loc[df.ok, "latency_ms"]
+            lat[label].append(ok)
+            rows.append({"set-up": label, "trial": trial, "reports run": df.attrs["reports"],
+                         "orders ok": int(df.ok.sum()),
+                         "orders/s": int(df.ok.sum()) / df.attrs["elapsed_s"],
+                         "p50 ms": ok.median(), "p90 ms": ok.quantile(0.9), "max ms": ok.max()})
+    return NeighbourResult(pd.DataFrame(rows),
+                           {s: pd.concat(x, ignore_index=True) for s, x in lat.items()})
