@@ -34,8 +34,9 @@ book: setup
 serve:
 	$(BIN)/python -m http.server --bind 127.0.0.1 --directory $(HTML) 8000
 
+# JupyterLab at the repository root, so chapters, labs and the links between them all work.
 lab: setup
-	$(BIN)/jupyter lab --ip=127.0.0.1 chapters/
+	$(BIN)/jupyter lab --ip=127.0.0.1 --ServerApp.root_dir=.
 
 test: setup
 	$(BIN)/python -m pytest
