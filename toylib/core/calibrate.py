@@ -83,7 +83,7 @@ class Stalls:
         self.p = v.number("p", p, low=0, high=1)
         self.ms = v.number("ms", ms, low=0, high=1000)
         self.every_s = v.number("every_s", every_s, low=0.001, high=10)
-        self.seed = v.number("seed", seed, integer=True)
+        self.seed = v.seed("seed", seed)
         self.stalls = 0
         self._task: asyncio.Task | None = None
 

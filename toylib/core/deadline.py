@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from toylib.core import validate as v
 
 HEADER = "X-Toy-Deadline-Ms"
+MAX_INSTANT = 1e15      # seconds on a monotonic clock: millions of years, still a float
 
 _current: contextvars.ContextVar[Deadline | None] = contextvars.ContextVar(
     "toylib_deadline", default=None)
@@ -24,7 +25,7 @@ class Deadline:
     def __init__(self, at: float, clock=time.monotonic):
         # A NaN instant would pass every comparison and reach the event loop's timer heap,
         # where it delays every other task's timers too; infinity overflows asyncio's timers.
-        self.at = v.number("at", at, finite=True)
+        self.at = float(v.number("at", at, low=-MAX_INSTANT, high=MAX_INSTANT))
         if not callable(clock):
             raise TypeError(f"clock must be a callable returning seconds; got {clock!r}")
         self.clock = clock
@@ -50,8 +51,10 @@ class Deadline:
     @classmethod
     def from_header(cls, value: str, clock=time.monotonic) -> Deadline:
         try:
+            if not isinstance(value, str):
+                raise TypeError
             ms = float(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise ValueError(f"{HEADER} must be a number of milliseconds; got {value!r}") from None
         try:   # NaN parses as a float; it is as malformed as any other bad header
             v.number(HEADER, ms, low=0, high=v.MAX_SECONDS * 1000.0)

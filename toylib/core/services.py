@@ -615,10 +615,10 @@ def _check_call_extras(json, params, trace_id, headers, raw) -> None:
     """The optional arguments of a call, checked before anything is sent."""
     if json is not None:
         try:
-            jsonlib.dumps(json)
+            jsonlib.dumps(json, allow_nan=False)      # NaN and infinity are not JSON
         except (TypeError, ValueError) as e:
-            raise TypeError(f"json must be JSON-serialisable (dict, list, str, number, bool, "
-                            f"None); got {type(json).__name__}: {e}") from None
+            raise TypeError(f"json must be JSON-serialisable (dict, list, str, finite number, "
+                            f"bool, None); got {type(json).__name__}: {e}") from None
     if params is not None:
         if not isinstance(params, Mapping):
             raise TypeError(f"params must be a dict of query parameters or None; got {params!r}")

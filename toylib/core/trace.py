@@ -53,6 +53,8 @@ class Tracer:
     """Collects spans in memory; one per topology."""
 
     def __init__(self, clock=time.perf_counter):
+        if not callable(clock):
+            raise TypeError(f"clock must be a callable returning seconds; got {clock!r}")
         self.clock = clock
         self.t0 = clock()
         self.spans: list[Span] = []
@@ -63,6 +65,8 @@ class Tracer:
         return next(self._ids)
 
     def new_trace_id(self, prefix: str = "t") -> str:
+        if not isinstance(prefix, str) or len(prefix) > 100:
+            raise TypeError(f"prefix must be a string of at most 100 characters; got {prefix!r}")
         return f"{prefix}{next(self._traces)}"
 
     def record(self, span: Span) -> None:
@@ -76,6 +80,10 @@ class Tracer:
 
     def df(self, spans: list[Span] | None = None) -> pd.DataFrame:
         """All spans (or the given ones) as a DataFrame; times in ms since the tracer started."""
+        if spans is not None and (not isinstance(spans, (list, tuple))
+                                  or not all(isinstance(s, Span) for s in spans)):
+            raise TypeError(f"spans must be a list of Span (e.g. from tracer.capture()) or "
+                            f"None; got {spans!r:.80}")
         rows = [asdict(s) for s in (self.spans if spans is None else spans)]
         if not rows:
             return pd.DataFrame(columns=COLUMNS)
