@@ -206,9 +206,10 @@ class Finding:
         """One generated sentence comparing the measurement with the claim (never typed)."""
         c, m = self.claim, self.measured
         side = "at least" if c.at_least else "at most"
+        unit = "x" if c.unit == "x" else (f" {c.unit}" if c.unit else "")
         s = (f"{c.aspect}: measured {m.fmt(spec)} ({m.how}, n = {m.n}) against the source's "
-             f"{c.claimed:{spec}}{(' ' + c.unit) if c.unit else ''} ({side} "
-             f"{c.threshold:{spec}} to hold): {self.verdict}")
+             f"{c.claimed:{spec}}{unit} ({side} {c.threshold:{spec}}{unit} to hold): "
+             f"{self.verdict}")
         if self.verdict == NOT_SHOWN and self.needed:
             s += f"; about {self.needed:,} trials at the same rate would decide it"
         return s + "."
