@@ -3,6 +3,7 @@ all; no order is lost through an outage; availability and latency near the ideal
 from __future__ import annotations
 
 import asyncio
+import math
 
 import pytest
 
@@ -346,3 +347,149 @@ async def test_the_audit_judges_every_claim_the_same_way_twice(leakcheck):
     assert len(table.records()) == 4 and "| latency |" in table.markdown()
     with pytest.raises(ValueError, match="^knobs.p "):
         await monolith.audit(Knobs(p=0))
+
+
+# -- hostile input: every public entry point refuses, naming the parameter and the range ----------
+BAD_NUMBERS = [math.nan, math.inf, -math.inf, -1, 10**12, "5", None, True]
+
+
+@pytest.mark.parametrize("field", ["latency_ms", "p", "customers", "skus", "partitions",
+                                   "retry_delay_s", "seed"])
+@pytest.mark.parametrize("bad", BAD_NUMBERS, ids=repr)
+def test_every_knob_refuses_hostile_values(field, bad):
+    with pytest.raises((ValueError, TypeError)) as e:
+        Knobs(**{field: bad})
+    assert str(e.value).startswith(field + " must be"), str(e.value)
+    if not isinstance(bad, (str, type(None), bool)) and bad == bad and abs(bad) != math.inf:
+        assert "[" in str(e.value) or ">=" in str(e.value), str(e.value)   # the range is said
+
+
+@pytest.mark.parametrize("field, zero_ok", [("latency_ms", True), ("p", True), ("customers", False),
+                                            ("skus", False), ("partitions", False)])
+def test_zero_only_where_it_means_something(field, zero_ok):
+    if zero_ok:
+        Knobs(**{field: 0})
+    else:
+        with pytest.raises(ValueError, match=f"^{field} "):
+            Knobs(**{field: 0})
+
+
+def _refuses(call, param):
+    with pytest.raises((ValueError, TypeError)) as e:
+        call()
+    assert str(e.value).startswith(param + " "), (param, str(e.value))
+
+
+async def _arefuses(coro, param):
+    with pytest.raises((ValueError, TypeError)) as e:
+        await coro
+    assert str(e.value).startswith(param + " "), (param, str(e.value))
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -1, 0, 10**12, "3", None], ids=repr)
+async def test_experiments_refuse_hostile_sizes_and_rates_at_once(bad, leakcheck):
+    cases = [
+        (monolith.latency(K0, orders=bad), "orders"),
+        (monolith.latency(K0, trials=bad), "trials"),
+        (monolith.availability(K0, n=bad), "n"),
+        (monolith.availability(K0, concurrency=bad), "concurrency"),
+        (monolith.degradation(K0, n=bad), "n"),
+        (monolith.outage(K0, rate=bad), "rate"),
+        (monolith.outage(K0, seconds=bad), "seconds"),
+        (monolith.outage(K0, drain_timeout=bad), "drain_timeout"),
+        (monolith.outage(K0, duration_s=bad), "duration_s"),
+    ]
+    if bad != 0:
+        cases.append((monolith.outage(K0, start_s=bad), "start_s"))
+    for coro, param in cases:
+        await _arefuses(coro, param)
+
+
+async def test_every_public_function_refuses_wrong_types_and_unknown_names(leakcheck):
+    for call, param in [
+        (lambda: monolith.design("sideways"), "name"),
+        (lambda: monolith.design(None), "name"),
+        (lambda: monolith.design("before", {"latency_ms": 5}), "knobs"),
+        (lambda: monolith.ideal("fast"), "k"),
+        (lambda: monolith.order_for(math.nan, K0), "i"),
+        (lambda: monolith.order_for(10**12, K0), "i"),
+        (lambda: monolith.price_total(math.inf, 1, "gold"), "price"),
+        (lambda: monolith.price_total(10.0, 0, "gold"), "qty"),
+        (lambda: monolith.price_total(10.0, 1, "platinum"), "tier"),
+        (lambda: monolith.customer_sql({"id": "id"}), "columns"),
+        (lambda: monolith.customer_sql({c: "x; DROP" for c in monolith.CUSTOMER_COLUMNS}),
+         "columns['id']"),
+        (lambda: Migration("id", "x", owner="pricing"), "owner"),
+        (lambda: monolith.Latency(K0, 5, {"before": [], "after": []}).factor("sideways"), "of"),
+    ]:
+        _refuses(call, param)
+    for coro, param in [
+        (monolith.availability(K0, down="cache"), "down"),
+        (monolith.outage(K0, service="order"), "service"),
+        (monolith.blast_radius(K0, None), "migration"),
+        (monolith.audit("fast"), "knobs"),
+        (monolith.sweep(latency_ms=[math.nan]), "latency_ms"),
+        (monolith.sweep(latency_ms=5), "latency_ms"),
+        (monolith.sweep(duration_s=[0.5] * 7), "duration_s"),
+        (monolith.sweep(duration_s=[60]), "duration_s"),
+        (monolith.order_latencies("before", 5), "system"),
+        (monolith.take_orders(None, 5), "system"),
+    ]:
+        await _arefuses(coro, param)
+    with pytest.raises(RuntimeError, match="not running"):
+        await monolith.take_orders(before(K0), 5)
+    with pytest.raises(TypeError, match="^runs "):
+        monolith.outage_figure({"after": 1})
+
+
+async def test_a_running_design_refuses_hostile_arguments(leakcheck):
+    async with after(K0) as system:
+        for coro, param in [
+            (monolith.order_latencies(system, math.nan), "n"),
+            (monolith.order_latencies(system, 5, first=-1), "first"),
+            (monolith.order_latencies(system, 5, label=7), "label"),
+            (monolith.take_orders(system, 10**9), "n"),
+            (monolith.take_orders(system, 5, concurrency=0), "concurrency"),
+            (monolith.take_orders(system, 5, down="order"), "down"),
+            (monolith.migration_probe(system, "rename"), "migration"),
+            (monolith.outage_probe(system, rate=1e300), "rate"),
+            (monolith.outage_probe(system, start_s=1, duration_s=3, seconds=2), "duration_s"),
+            (system.place_order(-1), "i"),
+            (system.place_order(1, trace_id=5), "trace_id"),
+            (system.update_customer(999, "gold"), "customer_id"),
+            (system.update_customer(1, "platinum"), "tier"),
+            (system.drain(math.nan), "timeout"),
+            (system.drain(0), "timeout"),
+            (system.probe(math.inf), "timeout"),
+            (system.down("order"), "service"),
+            (system.outage("payment", -1, 1), "start_s"),
+        ]:
+            await _arefuses(coro, param)
+
+
+def test_findings_refuse_a_run_without_failures_to_count():
+    import pandas as pd
+    from toylib.core.load import LoadResult
+    run = LoadResult(pd.DataFrame({"latency_ms": [50.0], "ok": [True],
+                                   "completion_ms": [100.0]}), "sequential", 1.0)
+    lat = monolith.Latency(K0, 1, {"before": [run], "after": [run]})
+    deg = [monolith.Availability(K0, "payment", {"before": {"ok": 0, "orders": 1,
+                                                           "not processed": 0},
+                                                "after": {"ok": 1, "orders": 1,
+                                                          "not processed": 0}})]
+    no_p = monolith.Availability(K0, "", deg[0].rows)
+    with pytest.raises(ValueError, match="^flaky "):
+        monolith.findings(lat, deg, no_p, [])
+    with pytest.raises(TypeError, match="^degraded "):
+        monolith.findings(lat, [], no_p, [])
+
+
+# -- the static explorer's data -------------------------------------------------------------------
+async def test_the_sweep_gives_one_row_per_grid_point_and_design(leakcheck):
+    df = await monolith.sweep(latency_ms=[10], duration_s=[0.5])
+    assert list(df.design) == ["before", "after"]
+    assert set(df.columns) >= {"latency_ms", "duration_s", "share_ok", "ideal_share_ok",
+                               "peak_lag", "drained_s", "not_processed"}
+    after_row = df.set_index("design").loc["after"]
+    assert after_row.share_ok == 1.0 and after_row.not_processed == 0
+    assert df.set_index("design").loc["before"].share_ok < 0.9

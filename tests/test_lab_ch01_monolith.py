@@ -431,3 +431,30 @@ async def test_a_killed_process_loses_its_transaction_and_a_restart_reads_the_fi
         assert proc.generation == 2 and proc.deaths == 1
         assert await proc.db.fetchall("SELECT x FROM t") == [(1,)]
         await proc.kill()
+
+
+@pytest.mark.parametrize("field", ["order_statements", "order_commits", "payment_statements",
+                                   "payment_commits"])
+@pytest.mark.parametrize("bad", [-1, math.nan, math.inf, 10**9, "3", 2.5], ids=repr)
+def test_a_profile_refuses_hostile_counts(field, bad):
+    with pytest.raises((ValueError, TypeError), match=f"^{field} "):
+        lab.Profile(**{field: bad})
+
+
+async def test_the_fault_primitives_refuse_hostile_arguments(leakcheck):
+    from toylib.data.db import Workspace
+    for bad in (0, -1, math.nan, math.inf, "1"):
+        with pytest.raises((ValueError, TypeError), match="^at "):
+            async with Workspace(prefix="lab1-test-") as ws:
+                db = await lab.mortal_database(ws, "x")
+                async with db.doom(at=bad):
+                    pass
+    with pytest.raises(TypeError, match="^ws "):
+        await lab.mortal_database("folder", "x")
+    with pytest.raises(TypeError, match="^ws "):
+        Process(None, "x", ProgramImage(_counts))
+    async with Workspace(prefix="lab1-test-") as ws:
+        with pytest.raises(ValueError, match="^name "):
+            Process(ws, "../x", ProgramImage(_counts))
+        with pytest.raises(TypeError, match="^image "):
+            Process(ws, "x", _counts)

@@ -34,6 +34,7 @@ from aiohttp import web
 
 from toylib.core import validate as v
 from toylib.core import load
+from toylib.core.calibrate import stalls_from_env
 from toylib.data.bus import EventBus
 from toylib.data.db import Database
 from toylib.chapters.design import Design, build
@@ -412,6 +413,10 @@ class _Shop(Design):
     async def place_order(self, i: int, *, trace_id: str | None = None) -> dict:
         """Send request ``i`` (see :func:`order_for`) to the order service; its answer."""
         self.require_running()
+        if trace_id is not None and (not isinstance(trace_id, str) or not trace_id
+                                     or len(trace_id) > 200):
+            raise TypeError(f"trace_id must be None or a non-empty string of at most 200 "
+                            f"characters; got {trace_id!r:.80}")
         return await self.topology.call("order", "POST", "/orders", json=order_for(i, self.k),
                                         trace_id=trace_id)
 
@@ -724,6 +729,8 @@ async def order_latencies(system: _Shop, n: int, *, first: int = 0,
     _running(system)
     v.number("n", n, low=1, high=MAX_ORDERS, integer=True)
     v.number("first", first, low=0, high=10**9, integer=True)
+    if not isinstance(label, str) or len(label) > 200:
+        raise TypeError(f"label must be a string of at most 200 characters; got {label!r:.80}")
 
     async def one(i):
         t_sent = now()
@@ -894,8 +901,9 @@ class Latency:
 
     def factor(self, of: str = "after: accepted") -> Estimate:
         """before's latency over ``of``: a factor with the widest interval the trials allow."""
+        v.one_of("of", of, ("after: accepted", "after: completed"))
         m = self.medians()
-        return Estimate.ratio(m["before: answered"], m[v.one_of("of", of, list(m))])
+        return Estimate.ratio(m["before: answered"], m[of])
 
 
 async def latency(knobs: Knobs | None = None, *, orders: int = 5, trials: int = 3) -> Latency:
@@ -1110,12 +1118,17 @@ async def audit(knobs: Knobs | None = None) -> list[Finding]:
         raise ValueError(f"knobs.p must be in (0, {MAX_P}] for the audit: the availability "
                          f"factor needs failures to count; got {k.p!r}")
     s = AUDIT_SIZES
-    lat = await latency(replace(k, p=0.0), orders=s["latency_orders"],
-                        trials=s["latency_trials"])
-    quiet = replace(k, latency_ms=0.0, p=0.0)
-    degraded = await degradation(quiet, n=s["orders_down"])
-    flaky = await availability(replace(k, latency_ms=0.0), n=s["orders_flaky"])
-    radius = [await blast_radius(quiet, m) for m in MIGRATIONS]
+    stalls = stalls_from_env()          # the stress check's event-loop stalls, if asked for
+    try:
+        lat = await latency(replace(k, p=0.0), orders=s["latency_orders"],
+                            trials=s["latency_trials"])
+        quiet = replace(k, latency_ms=0.0, p=0.0)
+        degraded = await degradation(quiet, n=s["orders_down"])
+        flaky = await availability(replace(k, latency_ms=0.0), n=s["orders_flaky"])
+        radius = [await blast_radius(quiet, m) for m in MIGRATIONS]
+    finally:
+        if stalls is not None:
+            await stalls.stop()
     return findings(lat, degraded, flaky, radius)
 
 
@@ -1160,3 +1173,54 @@ def outage_figure(runs, bin_s: float = 0.25):
         bottom.legend(fontsize=8, ncol=3)
     bottom.set_xlabel("seconds since the first order")
     return fig
+
+
+# -- the static site's explorer: the outage over a small grid of knobs ----------------------------
+SWEEP_GRID = {"latency_ms": (10.0, 25.0), "duration_s": (0.5, 1.0, 1.5)}
+SWEEP_RUN = {"service": "payment", "start_s": 0.5, "rate": 20.0, "tail_s": 1.0,
+             "drain_timeout": 3.0}
+
+
+async def sweep(latency_ms=SWEEP_GRID["latency_ms"], duration_s=SWEEP_GRID["duration_s"]
+                ) -> pd.DataFrame:
+    """:func:`outage` over a grid of each service's work (``latency_ms``) and the outage's
+    length (``duration_s``): one row per grid point and design, with the knobs, the measured
+    results and their ideals (about 35 s for the default 2 x 3 grid). For the static site,
+    where readers move these knobs without a kernel."""
+    grid = {}
+    for name, values in (("latency_ms", latency_ms), ("duration_s", duration_s)):
+        if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+            raise TypeError(f"{name} must be a list of numbers; got {values!r}")
+        values = list(values)
+        if not 1 <= len(values) <= 6:
+            raise ValueError(f"{name} must hold 1 to 6 values; got {len(values)}")
+        grid[name] = values
+    for x in grid["latency_ms"]:
+        v.number("latency_ms", x, low=0, high=100)
+    for x in grid["duration_s"]:
+        v.number("duration_s", x, low=0.1, high=3)
+    s = SWEEP_RUN
+    rows = []
+    for lat in grid["latency_ms"]:
+        for dur in grid["duration_s"]:
+            seconds = s["start_s"] + dur + s["tail_s"]
+            res = await outage(Knobs(latency_ms=lat), service=s["service"], start_s=s["start_s"],
+                               duration_s=dur, rate=s["rate"], seconds=seconds,
+                               drain_timeout=s["drain_timeout"])
+            capacity = 1000 / lat if lat else float("inf")
+            backlog = s["rate"] * dur
+            for name, run in res.runs.items():
+                owned = name == "after"
+                rows.append({
+                    "design": name, "latency_ms": lat, "duration_s": dur, "rate": s["rate"],
+                    "service": s["service"], "orders": len(run.load.df), "answered_ok": run.ok,
+                    "share_ok": run.answered_ok,
+                    "ideal_share_ok": 1.0 if owned else 1 - dur / seconds,
+                    "peak_lag": run.peak_lag if owned else None,
+                    "ideal_peak_lag": backlog if owned else None,
+                    "drained_s": run.drained_s if owned else None,
+                    "ideal_drained_s": (backlog / (capacity - s["rate"])
+                                        if owned and capacity > s["rate"] else None),
+                    "not_processed": (int(run.reconcile["not processed"].max())
+                                      if owned else None)})
+    return pd.DataFrame(rows)

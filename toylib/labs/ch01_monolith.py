@@ -77,7 +77,7 @@ CASE_TIMEOUT_S = 25.0          # the generated search runs as one case
 MAX_POINTS = 12                # death points per function, spread over its statements
 GENERATED_SEED = 20260601
 GENERATED_EXAMPLES = 10
-GENERATED_BUDGET_S = 6.0       # search and shrink; the case then replays the smallest
+GENERATED_BUDGET_S = 15.0      # search and shrink (a safety bound: about 3 s when quiet)
 PRICES = {"sku-0": 10.0, "sku-1": 15.0, "sku-2": 25.0}
 
 ORDER_SCHEMA = """
@@ -158,6 +158,11 @@ class Profile:
     order_commits: int = 1
     payment_statements: int = 3
     payment_commits: int = 1
+
+    def __post_init__(self):
+        for name in ("order_statements", "order_commits", "payment_statements",
+                     "payment_commits"):
+            v.number(name, getattr(self, name), low=0, high=10_000, integer=True)
 
     def points(self, who: str) -> list[tuple]:
         v.one_of("who", who, ("order", "payment"))
