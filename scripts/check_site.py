@@ -5,12 +5,15 @@
 Serves SITE_DIR (default _build/html) on 127.0.0.1 at an ephemeral port, from a thread of this
 process, and for each page reports:
 
-* console errors and uncaught page errors (the theme's harmless "THEBE_JS_URL has already been
-  declared" is listed apart as known);
+* console errors and uncaught page errors (``KNOWN_CONSOLE_ERRORS`` lists console noise that is
+  known to be harmless; it is empty now that the book's extension keeps sphinx-thebe's inline
+  script once, which ended "THEBE_JS_URL has already been declared"); uncaught page errors are
+  also kept apart in ``page_errors`` and are never excused;
 * Mermaid diagrams: how many ``.mermaid`` blocks the page has and how many became an SVG
   (diagrams inside a closed dropdown render only when opened, so they are counted apart);
 * math: how many formulas the page has and how many MathJax typeset;
 * ipywidgets: how many widget views the page embeds and how many the widget manager rendered;
+* explorers (toylib.present.explorer): how many the page has and how many were drawn;
 * every request that would leave 127.0.0.1 (it is blocked, not sent) and every local 404;
 
 and saves a full-page screenshot per page into the artifacts folder (default test-artifacts/).
@@ -38,7 +41,7 @@ CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.whic
 CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 LOCAL_HOSTS = {"127.0.0.1", "localhost"}
-KNOWN_CONSOLE_ERRORS = (re.compile(r"THEBE_JS_URL.*already been declared"),)
+KNOWN_CONSOLE_ERRORS: tuple[re.Pattern, ...] = ()
 SKIP_PAGES = {"genindex.html", "search.html"}
 META_REFRESH = re.compile(r"<meta[^>]+http-equiv=[\"']refresh[\"'][^>]*url=([^\"'>\s]+)", re.I)
 PlaywrightError = Exception  # replaced by playwright's Error class in main()
@@ -63,6 +66,12 @@ PROBE_JS = """() => {
         'script[type="application/vnd.jupyter.widget-view+json"]')]
         .filter(s => s.parentElement && s.parentElement.querySelector('.jupyter-widgets'))
         .length,
+    explorers: document.querySelectorAll('.course-explorer').length,
+    explorers_done: document.querySelectorAll(
+        '.course-explorer[data-explorer-state="ready"], .course-explorer[data-explorer-state="failed"]')
+        .length,
+    explorers_failed: document.querySelectorAll('.course-explorer[data-explorer-state="failed"]')
+        .length,
   };
 }"""
 
@@ -72,6 +81,7 @@ class PageReport:
     path: str
     console_errors: list[str] = field(default_factory=list)
     known_errors: list[str] = field(default_factory=list)
+    page_errors: list[str] = field(default_factory=list)   # uncaught exceptions in the page
     external_requests: list[str] = field(default_factory=list)
     failed_requests: list[str] = field(default_factory=list)
     counts: dict = field(default_factory=dict)
@@ -80,6 +90,8 @@ class PageReport:
     def problems(self) -> list[str]:
         c = self.counts
         out = [f"console: {e}" for e in self.console_errors]
+        out += [f"uncaught page error: {e}" for e in self.page_errors
+                if f"uncaught: {e}" not in self.console_errors]
         out += [f"left 127.0.0.1 (blocked): {u}" for u in self.external_requests]
         out += [f"failed: {u}" for u in self.failed_requests]
         if c.get("mermaid_svgs", 0) + c.get("mermaid_deferred", 0) < c.get("mermaid_blocks", 0):
@@ -88,6 +100,9 @@ class PageReport:
             out.append(f"math: {c['math_rendered']} of {c['math']} formulas typeset")
         if c.get("widget_views_filled", 0) < c.get("widget_views", 0):
             out.append(f"widgets: {c['widget_views_filled']} of {c['widget_views']} views rendered")
+        if c.get("explorers_done", 0) < c.get("explorers", 0) or c.get("explorers_failed", 0):
+            out.append(f"explorers: {c.get('explorers_done', 0) - c.get('explorers_failed', 0)} "
+                       f"of {c['explorers']} drawn")
         return out
 
 
@@ -138,7 +153,11 @@ def check_page(context, base: str, site: Path, path: str, artifacts: Path) -> Pa
             report.failed_requests.append(f"{resp.status} {resp.url}")
 
     page.on("console", on_console)
-    page.on("pageerror", lambda exc: error(f"uncaught: {exc}"))
+    def on_pageerror(exc):
+        report.page_errors.append(str(exc))
+        error(f"uncaught: {exc}")
+
+    page.on("pageerror", on_pageerror)
     page.on("response", on_response)
     try:
         page.goto(base + path, wait_until="load", timeout=30_000)
@@ -174,7 +193,8 @@ def _wait_for_rendering(page) -> dict:
             continue
         done = (c["mermaid_svgs"] + c["mermaid_deferred"] >= c["mermaid_blocks"]
                 and c["widget_views_filled"] >= c["widget_views"]
-                and c["math_rendered"] >= c["math"])
+                and c["math_rendered"] >= c["math"]
+                and c["explorers_done"] >= c["explorers"])
         if done or time.monotonic() > deadline:
             page.wait_for_timeout(300)  # let the last layout settle before the screenshot
             return page.evaluate(PROBE_JS)

@@ -79,11 +79,17 @@
                          more && el.scrollLeft + el.clientWidth < el.scrollWidth - 2);
   }
 
+  // A box's width changes as the sidebars open and close and as fonts load: look again then.
+  var resized = window.ResizeObserver ? new ResizeObserver(function (entries) {
+    entries.forEach(function (entry) { hint(entry.target); });
+  }) : null;
+
   function hints() {
     document.querySelectorAll(SCROLLERS).forEach(function (el) {
       if (!el.hasAttribute("data-course-scroll")) {
         el.setAttribute("data-course-scroll", "");
         el.addEventListener("scroll", function () { hint(el); }, { passive: true });
+        if (resized) resized.observe(el);
       }
       hint(el);
     });
@@ -93,6 +99,7 @@
     hints();
     drawAll().then(hints);
     window.addEventListener("resize", hints);
+    window.addEventListener("load", hints);
     // Diagrams and widgets are drawn after load: look again when the article changes.
     var article = document.querySelector(".bd-article") || document.body;
     var pending = null;
