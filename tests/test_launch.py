@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 import sys
 from pathlib import Path
 
@@ -87,3 +88,66 @@ def test_png_text_reads_the_figure_caption(tmp_path):
     plt.close(fig)
     assert course_site.png_text(path) == {"Title": "A caption — with a dash",
                                           "Description": "A line rising from 1 to 2."}
+
+
+# -- the notebooks' first cell: toylib where it is not installed --------------------------------
+FIRST_CELL = (ROOT / "scripts" / "first_cell.py").read_text()
+
+
+def _run_first_cell(cwd, installed: bool):
+    """Run the first cell's code with find_spec and subprocess.run replaced; return pip's args."""
+    import importlib.util
+    import os
+    import subprocess
+    calls = []
+    real_find, real_run, real_cwd = importlib.util.find_spec, subprocess.run, os.getcwd()
+    importlib.util.find_spec = lambda name, *a: (real_find(name, *a) if installed or
+                                                 name != "toylib" else None)
+    subprocess.run = lambda args, **kw: calls.append(args)
+    try:
+        os.chdir(cwd)
+        exec(compile(FIRST_CELL, "first_cell", "exec"), {})
+    finally:
+        importlib.util.find_spec, subprocess.run = real_find, real_run
+        os.chdir(real_cwd)
+    return calls
+
+
+def test_the_first_cell_does_nothing_where_toylib_is_installed():
+    assert _run_first_cell(ROOT, installed=True) == []
+
+
+def test_the_first_cell_installs_the_clone_it_runs_in():
+    calls = _run_first_cell(ROOT / "chapters", installed=False)
+    assert len(calls) == 1 and calls[0][-1] == str(ROOT)
+    assert calls[0][1:4] == ["-m", "pip", "install"]
+
+
+def test_the_first_cell_says_what_to_do_with_no_clone_and_no_url(tmp_path):
+    with pytest.raises(RuntimeError, match="toylib is not installed"):
+        _run_first_cell(tmp_path, installed=False)
+
+
+def test_the_first_cell_needs_nothing_but_the_standard_library():
+    import ast
+    imported = {a.name.split(".")[0] for node in ast.walk(ast.parse(FIRST_CELL))
+                if isinstance(node, (ast.Import, ast.ImportFrom))
+                for a in getattr(node, "names", [])}
+    assert imported <= {"importlib", "pathlib", "subprocess", "sys"}, imported
+
+
+def test_notebooks_that_carry_the_first_cell_carry_it_exactly():
+    """Only the repository URL may differ (it is filled in once the course has a home)."""
+    import nbformat
+    url = re.compile(r'COURSE_REPOSITORY = "[^"]*"')
+
+    def norm(text: str) -> str:
+        return url.sub('COURSE_REPOSITORY = ""', text.strip())
+
+    differ = []
+    for nb_path in sorted([*ROOT.glob("chapters/*.ipynb"), *ROOT.glob("labs/*.ipynb")]):
+        cells = [c for c in nbformat.read(nb_path, as_version=4).cells if c.cell_type == "code"]
+        if cells and 'find_spec("toylib")' in cells[0].source \
+                and norm(cells[0].source) != norm(FIRST_CELL):
+            differ.append(nb_path.name)
+    assert not differ, f"first cells that differ from scripts/first_cell.py: {differ}"
