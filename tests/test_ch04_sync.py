@@ -260,6 +260,14 @@ async def test_the_audit_judges_every_claim_from_a_small_run(leakcheck):
     assert by["immediate"].verdict in (claims.HOLDS, claims.NOT_SHOWN)
 
 
+async def test_the_sweep_gives_one_row_per_grid_point_and_design(leakcheck):
+    df = await ch.sweep(ps=(0.0, 0.2), attempts=(1,), n=10)
+    assert len(df) == 4 and set(df.design) == {"before", "after"}
+    assert {"p", "attempts", "completed share", "ideal"} <= set(df.columns)
+    assert (df[df.p == 0.0]["completed share"] == 1.0).all()
+    assert len(ch.SWEEP_PS) * len(ch.SWEEP_ATTEMPTS) * 2 <= 20     # a small grid, built fast
+
+
 # -- scopes and bad input -------------------------------------------------------------------------
 async def test_leaving_the_block_on_error_stops_everything_and_deletes_the_databases(leakcheck):
     threads = thread_count()
@@ -344,6 +352,9 @@ def test_public_functions_reject_bad_values_naming_the_parameter(call, param):
     (lambda: ch.throughput(Knobs(workers=2), n=-1), "n"),
     (lambda: ch.audit("quick"), "knobs"),
     (lambda: ch.place_orders("running", 1), "system"),
+    (lambda: ch.sweep(n=0), "n"), (lambda: ch.sweep(ps=(INF,)), "ps"),
+    (lambda: ch.sweep(attempts=("3",)), "attempts"), (lambda: ch.sweep("k"), "knobs"),
+    (lambda: ch.success_rates(K0, designs=("sideways",)), "designs"),
 ])
 async def test_experiments_reject_bad_values_naming_the_parameter(make, param, leakcheck):
     with pytest.raises((ValueError, TypeError)) as e:

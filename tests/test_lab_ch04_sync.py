@@ -311,3 +311,8 @@ async def test_lab4_replays_one_case_and_checks_its_arguments():
             await lab.check(**{**REFERENCE, **kw})
     with pytest.raises(TypeError, match="^case must be"):
         await lab.run_case(REFERENCE, "one-checkout")
+    for solution in ({"accept": solutions.accept}, [solutions.accept], None):
+        with pytest.raises(TypeError, match="^solution must be"):
+            await lab.run_case(solution, lab.CASES[0])
+        with pytest.raises(TypeError, match="^solution must be"):
+            await lab.profile(solution)

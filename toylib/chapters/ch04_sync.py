@@ -873,3 +873,23 @@ async def audit(knobs: Knobs | None = None) -> list[Finding]:
                + await success_rates(kp, ps=(CLAIM_P,), attempts=(CLAIM_TRIES,),
                                      designs=("after",), n=AUDIT_ORDERS))
     return findings(timing, success)
+
+
+# -- the static site's explorer -------------------------------------------------------------------
+SWEEP_PS = (0.0, 0.1, 0.2, 0.3)
+SWEEP_ATTEMPTS = (1, 3)
+SWEEP_ORDERS = 40
+
+
+async def sweep(knobs: Knobs | None = None, *, ps=SWEEP_PS, attempts=SWEEP_ATTEMPTS,
+                n: int = SWEEP_ORDERS) -> pd.DataFrame:
+    """Experiment 2 (the panel's) over a grid of the failure probability ``p`` and the tries
+    per call: one row per grid point and design, with the knobs and the measured counts, for
+    the static site to let a reader move the knobs without a kernel (measured at build time)."""
+    res = await success_rates(knobs_or_default(knobs, SUCCESS_KNOBS), ps=ps, attempts=attempts,
+                              n=n)
+    df = res.rows.rename(columns={"tries per call": "attempts"})
+    df["completed share"] = df["completed"] / df["n"]
+    return df[["p", "attempts", "design", "n", "completed", "completed share", "ideal",
+               "compensated", "failed", "charged, order not completed",
+               "stock held, order not completed", "answered"]].reset_index(drop=True)

@@ -269,6 +269,7 @@ async def run_case(solution: dict, case: Case, *, points: tuple = DEFAULT_POINTS
     not fire), else return what happened: the tests check each case exercises its name."""
     if not isinstance(case, Case):
         raise TypeError(f"case must be a Case; got {case!r}")
+    _images(solution)
     p = case.params
     if "examples" in p:
         return await _generated(solution, case, points)
@@ -312,6 +313,10 @@ async def run_case(solution: dict, case: Case, *, points: tuple = DEFAULT_POINTS
 
 
 def _images(solution: dict) -> dict:
+    """The solution's handlers as program images, refusing anything else by name."""
+    if not isinstance(solution, dict) or set(solution) != {"accept", "order_status"}:
+        raise TypeError(f"solution must be a dict with the keys 'accept' and 'order_status'; "
+                        f"got {solution!r}")
     return {name: (f if isinstance(f, ProgramImage) else ProgramImage(f))
             for name, f in solution.items()}
 
@@ -606,6 +611,7 @@ async def _generated(solution: dict, case: Case, points: tuple) -> dict:
 async def profile(solution: dict) -> tuple[int, int]:
     """Statements and commits of one fault-free checkout of the reader's ``accept`` (the
     reference's if the solution fails before it can tell): where the deaths are planned."""
+    _images(solution)
     try:
         async with asyncio.timeout(5):
             got = await run_case(solution, Case("profile", 1, 0, {"checkouts": 2}))
