@@ -43,19 +43,19 @@ def traces():
     import asyncio
 
     async def record():
-        async with chatty.before(K) as b:
+        async with chatty.design("before", K) as b:
             await b.call("gateway", "GET", "/profile/3")
-        async with chatty.after(K) as a:
+        async with chatty.design("after", K) as a:
             await a.call("bff", "GET", "/profile/3")
             await a.call("bff", "GET", "/profile/3")
-        return b, a
+        return b.topology, a.topology
 
     return asyncio.run(record())
 
 
 # -- flowchart -------------------------------------------------------------------------------
 def test_flowchart_has_one_subgraph_per_plane_used():
-    src = str(flowchart(chatty.before(K)))
+    src = str(flowchart(chatty.design("before", K).topology))
     assert src.startswith("flowchart LR\n")
     subgraphs = re.findall(r"^\s+subgraph (\w+)", src, re.M)
     assert subgraphs == ["edge_plane", "service_plane", "state_plane"]   # no control node
@@ -67,7 +67,7 @@ def test_flowchart_has_one_subgraph_per_plane_used():
 
 
 def test_flowchart_nodes_sit_in_their_plane_with_the_seed_colours():
-    src = str(flowchart(chatty.after(K)))
+    src = str(flowchart(chatty.design("after", K).topology))
     for plane, colour in SEED_COLOURS.items():
         assert PLANE_STYLE[plane][0] == colour
         assert re.search(rf"classDef {plane} fill:{colour}\b", src), plane
@@ -82,7 +82,7 @@ def test_flowchart_nodes_sit_in_their_plane_with_the_seed_colours():
 
 
 def test_flowchart_edges_come_from_uses():
-    src = str(flowchart(chatty.before(K)))
+    src = str(flowchart(chatty.design("before", K).topology))
     assert sorted((a, b) for a, _, b in edges(src)) == sorted(
         [("gateway", "users"), ("gateway", "posts"), ("users", "user_db"),
          ("posts", "post_db")])
@@ -90,11 +90,11 @@ def test_flowchart_edges_come_from_uses():
 
 
 def test_every_chatty_design_declares_the_nodes_its_edges_use():
-    for build in (chatty.before, chatty.after, chatty.with_dataloader):
-        src = str(flowchart(build(K)))
+    for name in chatty.DESIGNS:
+        src = str(flowchart(chatty.design(name, K).topology))
         ends = {a for a, _, _ in edges(src)} | {b for _, _, b in edges(src)}
         missing = ends - node_ids(src)
-        assert not missing, f"{build.__name__}: edges to undeclared nodes {missing}"
+        assert not missing, f"{name}: edges to undeclared nodes {missing}"
 
 
 def test_flowchart_edges_from_a_trace_carry_counts(traces):
@@ -111,7 +111,7 @@ def test_flowchart_edges_from_a_trace_carry_counts(traces):
 
 
 def test_problem_nodes_are_red_and_attached():
-    src = str(flowchart(chatty.before(K), problems={"gateway": '1+N+M "serial" [calls]'}))
+    src = str(flowchart(chatty.design("before", K).topology, problems={"gateway": '1+N+M "serial" [calls]'}))
     assert PROBLEM_STYLE[0] == "#FF6666"
     assert re.search(r"classDef problem fill:#FF6666\b", src)
     assert re.search(r"^\s+class problem0 problem$", src, re.M)
@@ -119,11 +119,11 @@ def test_problem_nodes_are_red_and_attached():
     label = re.search(r'problem0\["([^"]*)"\]', src).group(1)
     assert "1+N+M" in label and "[" not in label      # quotes/brackets cannot end it early
     with pytest.raises(KeyError, match="gateway"):
-        flowchart(chatty.before(K), problems={"nowhere": "x"})
+        flowchart(chatty.design("before", K).topology, problems={"nowhere": "x"})
 
 
 def test_flowchart_title_is_quoted_front_matter():
-    src = str(flowchart(chatty.before(K), title="Before: chatty"))
+    src = str(flowchart(chatty.design("before", K).topology, title="Before: chatty"))
     lines = src.splitlines()
     assert lines[0] == "---" and lines[2] == "---" and lines[3].startswith("flowchart")
     # YAML: an unquoted "Before: chatty" would be a syntax error in Mermaid's front matter
@@ -132,7 +132,7 @@ def test_flowchart_title_is_quoted_front_matter():
 
 def test_flowchart_rejects_a_bad_direction():
     with pytest.raises(ValueError, match="direction"):
-        flowchart(chatty.before(K), direction="UP")
+        flowchart(chatty.design("before", K).topology, direction="UP")
 
 
 # -- sequence --------------------------------------------------------------------------------
