@@ -69,22 +69,22 @@ def normalise_url(url: str) -> str:
     return urlunsplit(("https", host, path, "", ""))
 
 
-def git_remote_url(root: Path) -> str:
+def _git(root: Path, *args: str) -> str:
+    """A git command's output in ``root``; "" when git or the repository is not there."""
     try:
-        out = subprocess.run(["git", "remote", "get-url", "origin"], cwd=root,
-                             capture_output=True, text=True, timeout=10)
+        out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True,
+                             timeout=10)
     except (OSError, subprocess.SubprocessError):
         return ""
     return out.stdout.strip() if out.returncode == 0 else ""
 
 
+def git_remote_url(root: Path) -> str:
+    return _git(root, "remote", "get-url", "origin")
+
+
 def git_branch(root: Path) -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--abbrev-ref", "HEAD"], cwd=root,
-                             capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return ""
-    branch = out.stdout.strip() if out.returncode == 0 else ""
+    branch = _git(root, "rev-parse", "--abbrev-ref", "HEAD")
     return "" if branch == "HEAD" else branch
 
 
