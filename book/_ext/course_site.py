@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import struct
 import subprocess
 import zlib
@@ -155,24 +154,46 @@ def dedupe_scripts(app: Sphinx, pagename, templatename, context, doctree) -> Non
 
 
 # -- the executed notebook as the download ----------------------------------------------------
-def executed_notebook(app: Sphinx, docname: str) -> Path | None:
-    folder = Path(app.env.mystnb_config.output_folder) if hasattr(app.env, "mystnb_config") \
+def _outputs(nb) -> int:
+    return sum(len(c.get("outputs", [])) for c in nb.cells if c.cell_type == "code")
+
+
+def executed_notebook(app: Sphinx, docname: str) -> str | None:
+    """The notebook as executed for ``docname``, as JSON text (None if there is none).
+
+    myst-nb writes the page's notebook to its output folder; when the outputs came from the
+    execution cache, that copy lacks them, so they are merged in from the cache here.
+    """
+    import nbformat
+    config = getattr(app.env, "mystnb_config", None)
+    folder = Path(config.output_folder) if config and config.output_folder \
         else Path(app.outdir).parent / "jupyter_execute"
     path = folder / f"{docname}.ipynb"
-    return path if path.is_file() else None
+    if not path.is_file():
+        return None
+    nb = nbformat.read(path, as_version=4)
+    if not _outputs(nb) and config is not None and config.execution_cache_path:
+        try:
+            from jupyter_cache import get_cache
+            _, nb = get_cache(config.execution_cache_path).merge_match_into_notebook(nb)
+        except Exception as exc:  # no cache record: leave the download as the source
+            LOG.info(f"course_site: no executed copy of {docname} in the cache ({exc})")
+            return None
+    return nbformat.writes(nb) if _outputs(nb) else None
 
 
 def offer_executed_notebooks(app: Sphinx, exception) -> None:
     if exception is not None or app.builder.format != "html":
         return
     replaced = 0
-    for docname in app.env.found_docs:
-        if not app.env.doc2path(docname).endswith(".ipynb"):
-            continue
+    for docname in sorted(app.env.found_docs):
+        # a notebook page's source, or the .ipynb the theme offers for a MyST-text notebook
         source = Path(app.outdir) / "_sources" / f"{docname}.ipynb"
+        if not source.is_file():
+            continue
         executed = executed_notebook(app, docname)
-        if executed is not None and source.parent.is_dir():
-            shutil.copyfile(executed, source)
+        if executed is not None:
+            source.write_text(executed, encoding="utf-8")
             replaced += 1
     LOG.info(f"course_site: {replaced} notebook downloads are the executed notebooks")
 
