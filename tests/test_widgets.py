@@ -212,3 +212,16 @@ async def test_a_second_click_while_running_is_ignored(shown):
     pn.button.click()                    # once finished, a click runs again
     await pn.task
     assert calls == 2
+
+
+def test_the_panel_says_run_needs_a_live_kernel_until_it_has_run():
+    import asyncio as _asyncio
+
+    async def run(n):
+        return None
+
+    pn = panel(run, n=W.IntSlider(value=1))
+    assert "live kernel" in pn.note.value and pn.note.layout.display != "none"
+    assert pn.note in pn.widget.children
+    _asyncio.run(pn.rerun())
+    assert pn.note.layout.display == "none"

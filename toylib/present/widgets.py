@@ -5,6 +5,11 @@ kernel's own event loop when the button is pressed, and shows what it returns (a
 DataFrame, a Mermaid diagram, several of them in a tuple). A bad value is reported in the output
 area with the parameter's name and range, not as a crash. Pressing Run while a run is going is
 ignored (the button is disabled), so one experiment never competes with another for the CPU.
+
+A panel runs on a live kernel only. The published site draws it from its saved state, where
+Run cannot do anything, so the panel says so until its first run: Run needs JupyterLab or
+Binder, and on the site the chapter's explorer (:mod:`toylib.present.explorer`) shows results
+measured when the site was built.
 """
 from __future__ import annotations
 
@@ -15,6 +20,12 @@ import inspect
 import ipywidgets as W
 import matplotlib.pyplot as plt
 from IPython.display import display
+
+
+LIVE_ONLY = ("<span style='font-size:0.85em;color:#4b5563'>Run measures again on the "
+             "machine running this notebook, so it needs a live kernel (JupyterLab, Binder). "
+             "On the published site, the explorer shows results measured when the site was "
+             "built.</span>")
 
 
 class Panel:
@@ -34,13 +45,15 @@ class Panel:
         self.run, self.controls = run, controls
         self.button = W.Button(description=button, button_style="primary", icon="play")
         self.status = W.HTML("")
+        self.note = W.HTML(LIVE_ONLY)
         self.out = W.Output()
         self.task: asyncio.Task | None = None
         self.button.on_click(self._clicked)
         header = [W.HTML(f"<b>{title}</b>")] if title else []
         self.widget = W.VBox(header + [W.HBox(list(controls.values()),
                                               layout=W.Layout(flex_flow="row wrap")),
-                                       W.HBox([self.button, self.status]), self.out])
+                                       W.HBox([self.button, self.status]), self.note,
+                                       self.out])
 
     def values(self) -> dict:
         return {k: w.value for k, w in self.controls.items()}
@@ -53,6 +66,7 @@ class Panel:
     async def rerun(self):
         """Run the experiment with the current knob values and redraw the output area."""
         self.button.disabled = True
+        self.note.layout.display = "none"     # a live kernel: the note has done its job
         self.status.value = "<i>running…</i>"
         try:
             result = await self.run(**self.values())
