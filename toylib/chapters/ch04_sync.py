@@ -845,7 +845,8 @@ def findings(timing: Timing, success: Success, lag: LoopLag | None = None) -> li
     return [
         chain.judge(timing.estimate("before: response", lag),
                     ideal=ideal_ms["before: response"],
-                    note=f"{timing.n} checkouts from {timing.clients} clients per trial"),
+                    note=f"{timing.n} checkouts per trial from "
+                         f"{'one client' if timing.clients == 1 else f'{timing.clients} clients'}"),
         immediate.judge(timing.estimate("after: response", lag),
                         ideal=ideal_ms["after: response"],
                         note=f"the order completed {done:.0f} ms after it was sent "

@@ -72,7 +72,8 @@ HEADER = "X-Lab-Checkout"                # which checkout of the case a request 
 FINAL = ("completed", "compensated")     # with these faults, every order ends one of these
 GENERATED_SEED = 4
 GENERATED_EXAMPLES = 6
-GENERATED_BUDGET_S = 8.0
+GENERATED_BUDGET_S = 8.0                 # Hypothesis starts no example after this...
+EXAMPLE_TIMEOUT_S = 8.0                  # ...and each example ends within this
 DEFAULT_POINTS = (6, 1)                  # the reference's statements and commits per checkout
 
 
@@ -558,6 +559,11 @@ def _strategy(points: tuple):
     return params()
 
 
+async def _bounded(coro, seconds: float):
+    async with asyncio.timeout(seconds):
+        return await coro
+
+
 def _search(images: dict, points: tuple, seed: int, examples: int, budget_s: float):
     """Hypothesis, in a thread with its own event loop: the smallest failing case found within
     the budget (or None), its failure, and the number of cases run."""
@@ -575,9 +581,13 @@ def _search(images: dict, points: tuple, seed: int, examples: int, budget_s: flo
         if time.monotonic() > end:          # out of budget: keep the smallest found so far
             return False
         runs[0] += 1
+        case = Case("generated", params["checkouts"], seed, params)
         try:
-            asyncio.run(run_case(images, Case("generated", params["checkouts"], seed, params),
-                                 points=points))
+            asyncio.run(_bounded(run_case(images, case, points=points), EXAMPLE_TIMEOUT_S))
+        except TimeoutError:
+            failures[key] = AssertionError(
+                f"did not finish within {EXAMPLE_TIMEOUT_S:.0f} s (a hang, or a loop that "
+                f"never ends?)")
         except Exception as e:              # AssertionError, NotImplementedError, a crash
             failures[key] = e
         return key in failures
@@ -641,5 +651,5 @@ async def check(*, accept, order_status, only: str | None = None,
         await run_case(sol, case, points=points)
 
     return await grade(LAB, cases, run, solution, only=only, stop_after=stop_after,
-                       timeout=GENERATED_BUDGET_S + 10,
+                       timeout=GENERATED_BUDGET_S + EXAMPLE_TIMEOUT_S + 5,
                        replay="await check(..., only={name!r})")
