@@ -23,6 +23,8 @@ matplotlib.use("Agg")
 SHORT = Knobs(pool=4, rate=45, run_s=2.6, outage_start=0.4, outage_end=1.9,
               outage_delay_ms=1000, patience_ms=500, grace_s=1.5, wait_in_open=0.5,
               call_timeout_ms=100)
+# For the tests of what the designs answer, not how fast: no timeout can act on a busy machine.
+PATIENT = replace(SHORT, call_timeout_ms=5000, slow_call_ms=5000)
 BREAKER = dict(failure_rate_threshold=50, window_size=10, minimum_calls=5, wait_in_open=1.0,
                permitted_in_half_open=3, slow_call_duration=0.15, slow_call_rate_threshold=100)
 NAN, INF = float("nan"), float("inf")
@@ -156,7 +158,7 @@ def test_replay_rejects_bad_scripts(script, param):
 async def test_both_designs_serve_the_same_answers_when_nothing_fails(leakcheck):
     answers = {}
     for name in cascade.DESIGNS:
-        async with cascade.design(name, SHORT) as d:
+        async with cascade.design(name, PATIENT) as d:
             answers[name] = [
                 await d.call(d.entry, "POST", "/checkout/7"),
                 await d.call(d.entry, "GET", "/stock/3"),
@@ -169,7 +171,7 @@ async def test_both_designs_serve_the_same_answers_when_nothing_fails(leakcheck)
 
 async def test_after_serves_reads_stale_and_fails_writes_fast_when_a_dependency_is_down(
         leakcheck):
-    async with cascade.design("after", SHORT) as d:
+    async with cascade.design("after", PATIENT) as d:
         fresh = await d.call("gateway", "GET", "/stock/3")
         await d.service("inventory").down()
         stale = await d.call("gateway", "GET", "/stock/3")
@@ -185,7 +187,7 @@ async def test_after_serves_reads_stale_and_fails_writes_fast_when_a_dependency_
 
 
 async def test_the_edge_rate_limit_turns_excess_away(leakcheck):
-    k = replace(SHORT, rate_limit=1, burst=2)
+    k = replace(PATIENT, rate_limit=1, burst=2)
     async with cascade.design("after", k) as d:
         statuses = []
         for i in range(4):
@@ -237,6 +239,7 @@ def test_the_payment_breaker_opens_during_the_outage_and_closes_after(short_runs
 
 
 def test_the_callers_spend_far_less_time_on_the_failing_service_with_a_breaker(short_runs):
+    timed(short_runs)     # on a starved machine the healthy calls time out and other breakers open
     before, after = short_runs.first("before"), short_runs.first("after")
     key = "seconds spent waiting on the failing service during the outage"
     # before: every call waits the whole delay; after: at most the timeout, then none at all
@@ -273,7 +276,9 @@ def test_the_claims_are_declared_once_and_judged_from_the_runs(short_runs):
         assert f.verdict in VERDICTS and f.measured.n >= 1 and f.note
     outages = found[0]
     ok, n = short_runs.unaffected("before")
-    assert outages.measured.n == n and outages.measured.k == n - ok      # a proportion
+    assert outages.measured.n == n and outages.measured.value == pytest.approx((n - ok) / n)
+    if not short_runs.too_busy:
+        assert outages.measured.k == n - ok                                 # a proportion
     assert outages.ideal == pytest.approx(cascade.cascade_ideal(SHORT))
 
 
@@ -308,7 +313,8 @@ def test_timeline_columns_and_times(short_runs):
         assert (t["i"] % 3).map(lambda r: cascade.ENDPOINTS[r]).tolist() == t["endpoint"].tolist()
         assert not (t["ok"] & ~t["answered"]).any()
         assert (t.loc[t["answered"] & ~t["ok"], "latency_ms"] > SHORT.patience_ms).all()
-        assert o.never_answered_after_end() == []
+        if not short_runs.too_busy:
+            assert o.never_answered_after_end() == []
 
 
 def test_timeline_figure_has_a_breaker_row_only_with_breakers(short_runs):
@@ -325,7 +331,9 @@ def test_timeline_figure_has_a_breaker_row_only_with_breakers(short_runs):
     with pytest.raises(TypeError, match="Outage"):
         cascade.timeline_figure("before")
     ts, levels = cascade.state_steps(after, "payment")
-    assert len(ts) == len(levels) and levels[0] == levels[-1] == 0 and max(levels) == 2
+    assert len(ts) == len(levels) and levels[0] == 0
+    if not short_runs.too_busy:                            # opened, and closed again
+        assert levels[-1] == 0 and max(levels) == 2
     with pytest.raises(ValueError, match="breaker"):
         cascade.state_steps(after, "gateway")
 
@@ -355,6 +363,8 @@ async def test_sweep_has_one_row_per_grid_point_and_design(monkeypatch, leakchec
     assert list(df["measured_with_wait"]) == [0.25, 0.25, 0.25, 0.5]   # before: no breaker
     b, a = df.iloc[0], df.iloc[1]
     assert b["peak busy workers"] == 4
+    if df["event-loop lag p90 (ms)"].max() > cascade.lag_limit_ms(SHORT):
+        pytest.skip("the machine was too busy to time the sweep's runs")
     # counts, not timings: waiting on payment is cut by the breaker
     assert a["seconds waiting on payment during outage"] * 3 < \
         b["seconds waiting on payment during outage"]
