@@ -23,11 +23,21 @@ from toylib.testing import listening_sockets  # noqa: E402
 from toylib import claims  # noqa: E402
 from toylib.chapters import ch03_shared_db as sd  # noqa: E402
 from toylib.chapters.design import Design  # noqa: E402
+from toylib.core.calibrate import BUSY_P99_MS  # noqa: E402
 from toylib.data.bus import Event  # noqa: E402
 from toylib.data.saga import TERMINAL  # noqa: E402
 from toylib.chapters.ch03_shared_db import Knobs, DatabasePerService, SharedDatabase  # noqa: E402
 
 DESIGNS = [SharedDatabase, DatabasePerService]
+
+
+def skip_if_busy(lags) -> None:
+    """Timing comparisons need a machine that can time them: the event loop's lag measured
+    beside each trial says whether it could (the chapter's verdicts say "not shown" then)."""
+    worst = max(float(x) for x in lags)
+    if not worst <= BUSY_P99_MS:
+        pytest.skip(f"the machine was too busy to time this: event-loop lag p99 up to "
+                    f"{worst:.0f} ms during the trials (limit {BUSY_P99_MS:.0f} ms)")
 
 
 def sqlite_threads() -> list[threading.Thread]:
@@ -185,6 +195,7 @@ async def test_the_shared_file_admits_one_writer_at_a_time(nothing_left):
     r = await sd.contention(Knobs(hold_ms=20), writers=(4,), seconds=0.4, trials=2)
     shared, per = r.ceiling_multiples("before", 4), r.ceiling_multiples("after", 4)
     assert max(shared) <= 1.05                  # one 20 ms transaction at a time, whatever the load
+    skip_if_busy(r.rows["lag p99 ms"])
     assert min(per) > 2 * max(shared)
     t = r.table()
     assert t.loc[(4, "before"), "mean ms"] > 2 * t.loc[(4, "after"), "mean ms"]
@@ -204,6 +215,7 @@ async def test_a_running_report_blocks_order_commits_only_in_a_shared_journal_fi
                                  setups=("shared, no report", "shared (journal)", "per service"),
                                  seconds=0.5, trials=2)
     rate = {s: float(np.median(r.trials(s))) for s in r.table().index}
+    skip_if_busy(r.rows["lag p99 ms"])
     assert (r.rows["reports run"][r.rows["set-up"] != "shared, no report"] > 0).all()
     assert rate["shared (journal)"] * 3 < rate["shared, no report"]
     assert rate["shared (journal)"] * 3 < rate["per service"]
@@ -211,11 +223,17 @@ async def test_a_running_report_blocks_order_commits_only_in_a_shared_journal_fi
 
 async def test_more_order_workers_add_capacity_only_per_service(nothing_left):
     r = await sd.scaling(Knobs(hold_ms=20), workers=(1, 8), work_ms=80, seconds=0.5, trials=2)
+    # shared: the total cannot grow past the one-writer ceiling, however busy the machine
+    assert max(r.trials("before", 8, "everyone writes/s")) <= 1000 / 20 * 1.05
+    skip_if_busy(r.rows["lag p99 ms"])
 
-    def ratio(name, key):
-        return min(r.trials(name, 8, key)) / max(max(r.trials(name, 1, key)), 1e-9)
+    def ratio(name, key, pessimist=True):
+        hi, lo = r.trials(name, 8, key), r.trials(name, 1, key)
+        return (min(hi) / max(lo)) if pessimist else (max(hi) / max(min(lo), 1e-9))
     assert ratio("after", "order writes/s") > 2
-    assert ratio("after", "other writes/s") > 0.6
+    # the others keep far more of theirs per service than shared (where the lock starves them;
+    # per service they share only the CPU with the consumers of 8 times the order events)
+    assert ratio("after", "other writes/s") > 2 * ratio("before", "other writes/s", False)
     # shared: who gets the lock is close to a lottery, but the total cannot grow past the ceiling
     assert max(r.trials("before", 8, "everyone writes/s")) <= 1000 / 20 * 1.05
 
@@ -224,7 +242,7 @@ async def test_staleness_grows_when_the_consumer_is_slower_than_the_arrivals(not
     r = await sd.staleness(Knobs(), rate=40, seconds=0.5, delays=(0, 40))
     assert r.missing == 0 and r.placed == 40
     p99 = {dl: r.p99s(dl)[0] for dl in (0, 40)}
-    assert p99[40] > 3 * p99[0]
+    assert p99[40] > 3 * p99[0]          # 40 ms per event at 25 ms apart: a growing queue
     assert (r.all(0) > 0).all()
     assert list(r.table().index) == ["0 ms of work per event", "40 ms of work per event"]
 

@@ -19,6 +19,7 @@ from toylib.chapters.ch03_shared_db.designs import DESIGNS, ShopDesign, require_
 from toylib.chapters.ch03_shared_db.knobs import SERVICES, knobs_or_default, order_for
 from toylib.chapters.ch03_shared_db.models import MAX_WRITERS, ideal_contention
 from toylib.core import validate as v
+from toylib.core.calibrate import loop_lag
 from toylib.core.clock import now
 
 OWN_WRITE = {   # each service's everyday write, self-contained (no other team's data needed)
@@ -88,12 +89,33 @@ async def write_burst(d: ShopDesign, *, writers: int, seconds: float = 0.5,
     rows: list = []
     start = now()
     until = start + seconds
-    async with reports_running(d, analysts):
+    async with lag_during(seconds) as lag, reports_running(d, analysts):
         await asyncio.gather(*(writer(d, svc, until, rows) for svc in SERVICES[:writers]))
     df = pd.DataFrame(rows)
     df["latency_ms"] = (df.end - df.start) * 1000
     df.attrs["elapsed_s"] = df.end.max() - start
+    df.attrs["lag_p99_ms"] = lag.p99_ms
     return df
+
+
+class LagBox:
+    p99_ms = float("nan")
+
+
+@asynccontextmanager
+async def lag_during(seconds: float):
+    """The event loop's lateness measured beside the block (a calibration in the same run):
+    ``.p99_ms`` once the block is done. A busy machine shows here, in the very trial it
+    spoils, so a verdict can say "not shown by this run" rather than be wrong."""
+    box = LagBox()
+    task = asyncio.ensure_future(loop_lag(max(0.05, min(seconds, 30))))
+    try:
+        yield box
+    except BaseException:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        raise
+    box.p99_ms = (await task).p99_ms
 
 
 def write_summary(df: pd.DataFrame) -> dict:
@@ -104,7 +126,7 @@ def write_summary(df: pd.DataFrame) -> dict:
     per = ok.groupby("service").size()
     return {"writes/s": len(ok) / df.attrs["elapsed_s"], "mean ms": ok.latency_ms.mean(),
             "p50 ms": ok.latency_ms.median(), "p99 ms": ok.latency_ms.quantile(0.99),
-            "failed": int((~df.ok).sum()),
+            "failed": int((~df.ok).sum()), "lag p99 ms": df.attrs.get("lag_p99_ms", float("nan")),
             # Jain's fairness index over the writers: 1 = equal shares, 1/n = one takes all
             "fairness": float(per.sum() ** 2 / (len(per) * (per ** 2).sum())) if len(per) else
             float("nan")}

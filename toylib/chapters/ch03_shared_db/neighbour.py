@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from toylib.chapters.ch03_shared_db.contention import reports_running, writer
+from toylib.chapters.ch03_shared_db.contention import lag_during, reports_running, writer
 from toylib.chapters.ch03_shared_db.designs import (DatabasePerService, SharedDatabase,
                                                     ShopDesign, require_running)
 from toylib.chapters.ch03_shared_db.knobs import knobs_or_default, order_for
@@ -40,13 +40,13 @@ async def orders_beside_reports(d: ShopDesign, *, analysts: int,
     v.number("analysts", analysts, low=0, high=d.knobs.analysts, integer=True)
     await d.call("orders", "POST", "/orders", json=order_for(99_999, d.knobs))   # warm up
     rows: list = []
-    async with reports_running(d, analysts) as reports:
+    async with lag_during(seconds) as lag, reports_running(d, analysts) as reports:
         start = now()
         await writer(d, "orders", start + seconds, rows, start=100_000)
         elapsed = now() - start
     df = pd.DataFrame(rows)
     df["latency_ms"] = (df.end - df.start) * 1000
-    df.attrs.update(elapsed_s=elapsed, reports=reports.done)
+    df.attrs.update(elapsed_s=elapsed, reports=reports.done, lag_p99_ms=lag.p99_ms)
     return df
 
 
@@ -86,6 +86,7 @@ async def noisy_neighbour(knobs=None, *, setups=tuple(SETUPS), seconds: float = 
             rows.append({"set-up": label, "trial": trial, "reports run": df.attrs["reports"],
                          "orders ok": int(df.ok.sum()),
                          "orders/s": int(df.ok.sum()) / df.attrs["elapsed_s"],
-                         "p50 ms": ok.median(), "p90 ms": ok.quantile(0.9), "max ms": ok.max()})
+                         "p50 ms": ok.median(), "p90 ms": ok.quantile(0.9), "max ms": ok.max(),
+                         "lag p99 ms": df.attrs["lag_p99_ms"]})
     return NeighbourResult(pd.DataFrame(rows),
                            {s: pd.concat(x, ignore_index=True) for s, x in lat.items()})

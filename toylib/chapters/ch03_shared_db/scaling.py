@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from toylib.chapters.ch03_shared_db.contention import counts, writer
+from toylib.chapters.ch03_shared_db.contention import counts, lag_during, writer
 from toylib.chapters.ch03_shared_db.designs import DESIGNS, ShopDesign, require_running
 from toylib.chapters.ch03_shared_db.knobs import SERVICES, knobs_or_default
 from toylib.chapters.ch03_shared_db.models import ideal_scaling
@@ -41,13 +41,14 @@ async def scaling_run(d: ShopDesign, *, seconds: float = 0.8, work_ms: float = 4
                for k in range(d.knobs.order_workers)]
     if background:
         clients += [writer(d, svc, until, rows) for svc in SERVICES[1:]]
-    await asyncio.gather(*clients)
+    async with lag_during(seconds) as lag:
+        await asyncio.gather(*clients)
     df = pd.DataFrame(rows)
     elapsed = df.end.max() - start
     ok = df[df.ok]
     return {"order writes/s": int((ok.service == "orders").sum()) / elapsed,
             "other writes/s": int((ok.service != "orders").sum()) / elapsed,
-            "failed": int((~df.ok).sum())}
+            "failed": int((~df.ok).sum()), "lag p99 ms": lag.p99_ms}
 
 
 @dataclass

@@ -14,11 +14,14 @@ How each is measured, and why it does not flip on a busy machine:
   over repeated trials (min-max spread); it cannot exceed 1 whatever the load, and per service
   it is several times that;
 * scaling and isolation: ratios of medians over repeated trials, with the widest interval the
-  trials allow, against thresholds far from the measured factors;
+  trials allow, against thresholds far from the measured factors; and "not shown by this run"
+  when the event loop's lag, measured beside every trial, says the machine was too busy;
 * how stale the read model gets is shown (p99 over trials, beside the queue model), not
   judged: it depends on the consumer's headroom, which a busy machine takes away.
 """
 from __future__ import annotations
+
+from dataclasses import replace
 
 from toylib import claims as cl
 from toylib.chapters.ch03_shared_db.contention import ContentionResult, contention
@@ -29,6 +32,7 @@ from toylib.chapters.ch03_shared_db.neighbour import NeighbourResult, noisy_neig
 from toylib.chapters.ch03_shared_db.order_saga import SagaResult, sagas
 from toylib.chapters.ch03_shared_db.scaling import ScalingResult, scaling
 from toylib.chapters.ch03_shared_db.staleness import StalenessResult, staleness
+from toylib.core.calibrate import BUSY_P99_MS
 
 SOURCE_TABLE = "the source's comparison table, shared database vs database per service"
 
@@ -72,7 +76,7 @@ CLAIMS = (
         f"{CHAPTER}.scaling", "scalability: independent",
         "Scalability: Independent scaling with a database per service",
         "order writes/s with 8 order workers ÷ with 1, database per service, the four other "
-        "services writing beside them", claimed=2.0, at_least=True, tolerance=1.0, unit="x",
+        "services writing beside them", claimed=2.0, at_least=True, tolerance=0.75, unit="x",
         assumptions="'independent scaling' read as: 8 times the workers at least double the "
                     "service's writes while the others keep theirs; its own file's one writer "
                     "caps it at 1000 / hold_ms"),
@@ -115,6 +119,18 @@ def _of(name: str, value, kind):
         raise TypeError(f"{name} must be a {kind.__name__} (from {CHAPTER}.{name}()); "
                         f"got {type(value).__name__}")
     return value
+
+
+def unless_busy(finding: cl.Finding, lags) -> cl.Finding:
+    """The finding as judged, or "not shown by this run" when the event loop ran late during
+    the trials behind it (measured beside each trial): a starved machine cannot time them."""
+    worst = max(float(x) for x in lags)
+    if worst <= BUSY_P99_MS:           # NaN (no sample) compares False: treated as busy
+        return finding
+    return replace(finding, verdict=cl.NOT_SHOWN, needed=None,
+                   note=f"{finding.note}; the machine was too busy to time this (event-loop "
+                        f"lag p99 up to {worst:.0f} ms during the trials, limit "
+                        f"{BUSY_P99_MS:.0f} ms)")
 
 
 def findings(*, migration: MigrationResult, contention: ContentionResult,
@@ -165,22 +181,26 @@ def findings(*, migration: MigrationResult, contention: ContentionResult,
     everyone = {w: cl.Estimate.trials(s.trials("before", w, "everyone writes/s"))
                 for w in (SCALE_FROM, SCALE_TO)}
     ideal = s.ideal(SCALE_TO)["order, per service"] / s.ideal(SCALE_FROM)["order, per service"]
-    out.append(CLAIM["scaling"].judge(
+    behind = s.rows[(s.rows.design == "after")
+                    & s.rows["order workers"].isin((SCALE_FROM, SCALE_TO))]
+    out.append(unless_busy(CLAIM["scaling"].judge(
         cl.Estimate.ratio(per[SCALE_TO], per[SCALE_FROM]), ideal=ideal,
         note=f"the other four services: {oth[SCALE_TO].value / oth[SCALE_FROM].value:.2f}x "
              f"their writes; shared file, everyone together: "
-             f"{everyone[SCALE_TO].value / everyone[SCALE_FROM].value:.2f}x"))
+             f"{everyone[SCALE_TO].value / everyone[SCALE_FROM].value:.2f}x"),
+        behind["lag p99 ms"]))
 
     # the noisy neighbour: ratio of median latencies, repeated trials
     journal = cl.Estimate.trials(nb.trials("shared (journal)"), unit="orders/s")
     own = cl.Estimate.trials(nb.trials("per service"), unit="orders/s")
     p50 = {s_: cl.Estimate.trials(nb.trials(s_, "p50 ms"), unit="ms")
            for s_ in ("shared (journal)", "per service")}
-    out.append(CLAIM["isolation"].judge(
+    out.append(unless_busy(CLAIM["isolation"].judge(
         cl.Estimate.ratio(own, journal),
         note=f"orders/s {own.fmt('.1f')} per service vs {journal.fmt('.1f')} shared (journal); "
              f"median order write {p50['per service'].fmt('.0f')} vs "
-             f"{p50['shared (journal)'].fmt('.0f')}"))
+             f"{p50['shared (journal)'].fmt('.0f')}"),
+        nb.trials("shared (journal)", "lag p99 ms") + nb.trials("per service", "lag p99 ms")))
 
     # the saga: counts read from the databases
     drawn = sg.drawn
