@@ -409,3 +409,43 @@ def test_during_outage_counts_only_requests_that_arrived_in_the_window():
     assert o.never_answered_after_end() == ["/checkout", "/stock", "/profile"]
     with pytest.raises(TypeError, match="Outage"):
         cascade.during_outage({"timeline": None})
+
+
+# -- hostile arguments to every public function ------------------------------------------------
+@pytest.mark.parametrize("call, param", [
+    (lambda: cascade.dependencies(None) and cascade.dependencies("fast"), "knobs"),
+    (lambda: cascade.naive_orders(3), "knobs"),
+    (lambda: cascade.breakers({"pool": 3}), "knobs"),
+    (lambda: cascade.clients("nowhere"), "entry"),
+    (lambda: cascade.protected_orders(Knobs(), {}, None), "cbs"),
+    (lambda: cascade.protected_orders(Knobs(), cascade.breakers(Knobs()), {}), "cache"),
+    (lambda: cascade.edge_gateway(Knobs(), None), "limiter"),
+    (lambda: cascade.unavailable("stock", ValueError("x")), "e "),
+    (lambda: cascade.unavailable("", cascade.CallNotPermitted("p", "open")), "what"),
+    (lambda: cascade.health_checker("after"), "d "),
+    (lambda: cascade.breaker_settings("defaults"), "knobs"),
+    (lambda: cascade.lag_limit_ms(None) and cascade.lag_limit_ms(1.0), "knobs"),
+    (lambda: cascade.findings(None), "runs"),
+    (lambda: cascade.replay([(0.0, "ok")], window_size=NAN), "window_size"),
+    (lambda: cascade.replay([(0.0, "ok")], nonsense=1), "nonsense"),
+])
+def test_every_public_function_refuses_bad_arguments(call, param):
+    with pytest.raises((ValueError, TypeError), match=param):
+        call()
+
+
+@pytest.mark.parametrize("kwargs, param", [({"knobs": 3}, "knobs"), ({"knobs": NAN}, "knobs")])
+async def test_audit_and_sweep_refuse_bad_knobs(kwargs, param, leakcheck):
+    for fn in (cascade.audit, cascade.sweep, cascade.fallback):
+        with pytest.raises(TypeError, match=param):
+            await fn(**kwargs)
+
+
+def test_the_breaker_settings_say_which_differ_from_resilience4j():
+    s = cascade.breaker_settings(Knobs())
+    assert s.loc["permittedNumberOfCallsInHalfOpenState", "here"] == "3 calls"
+    assert s.loc["permittedNumberOfCallsInHalfOpenState", "default"] == "10 calls"
+    assert bool(s.loc["permittedNumberOfCallsInHalfOpenState", "differs"])
+    assert not s.loc["failureRateThreshold", "differs"]
+    assert set(s.loc[s["differs"], "knob"]) == {"slow_call_ms", "window", "minimum_calls",
+                                               "wait_in_open", "half_open_calls"}

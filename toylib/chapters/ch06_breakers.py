@@ -129,6 +129,7 @@ def knobs_or_default(knobs) -> Knobs:
 
 # -- the dependencies, identical in both designs ------------------------------------------------
 def dependencies(k: Knobs) -> list[Service]:
+    k = knobs_or_default(k)
     payment = Service("payment", label="Payment Service", uses=("payment_db",))
     inventory = Service("inventory", label="Inventory Service", uses=("inventory_db",))
     user = Service("user", label="User Service", uses=("user_db",))
@@ -164,11 +165,13 @@ def stores() -> list[Node]:
 
 
 def clients(entry: str) -> Node:
+    v.one_of("entry", entry, ("orders", "gateway"))
     return Node("clients", "edge", label="Clients", uses=(entry,), shape="client")
 
 
 # -- before: no breaker, no timeout ---------------------------------------------------------------
 def naive_orders(k: Knobs) -> Service:
+    k = knobs_or_default(k)
     orders = Service("orders", label=f"Order Service ({k.pool} workers)", uses=DEPENDENCIES,
                      max_concurrency=k.pool, when_full="wait")
 
@@ -194,6 +197,7 @@ def naive_orders(k: Knobs) -> Service:
 # -- after: breakers, fallback cache, edge rate limiting, health checks ---------------------------
 def breakers(k: Knobs) -> dict[str, CircuitBreaker]:
     """One breaker per dependency, so that payment's trouble cannot open the others."""
+    k = knobs_or_default(k)
     return {d: CircuitBreaker(d, failure_rate_threshold=k.failure_threshold,
                               slow_call_rate_threshold=k.slow_threshold,
                               slow_call_duration=k.slow_call_ms / 1000, window_type="count",
@@ -204,6 +208,12 @@ def breakers(k: Knobs) -> dict[str, CircuitBreaker]:
 
 
 def protected_orders(k: Knobs, cbs: dict[str, CircuitBreaker], cache: FallbackCache) -> Service:
+    k = knobs_or_default(k)
+    if not isinstance(cbs, dict) or sorted(cbs) != sorted(DEPENDENCIES) \
+            or not all(isinstance(cb, CircuitBreaker) for cb in cbs.values()):
+        raise TypeError(f"cbs must map each of {DEPENDENCIES} to a CircuitBreaker (breakers(k))")
+    if not isinstance(cache, FallbackCache):
+        raise TypeError(f"cache must be a FallbackCache; got {type(cache).__name__}")
     orders = Service("orders", label=f"Order Service ({k.pool} workers)",
                      uses=tuple(f"{d}_cb" for d in DEPENDENCIES),
                      max_concurrency=k.pool, when_full="wait")
@@ -248,11 +258,16 @@ def protected_orders(k: Knobs, cbs: dict[str, CircuitBreaker], cache: FallbackCa
 
 def unavailable(what: str, e: Exception) -> web.Response:
     """Fail fast and say why: nothing was done, and the worker is free at once."""
+    v.name("what", what)
+    if not isinstance(e, (CallNotPermitted, CallError)):
+        raise TypeError(f"e must be a CallNotPermitted or a CallError; got {type(e).__name__}")
     why = "circuit open" if isinstance(e, CallNotPermitted) else e.kind
     return web.json_response({"error": f"{what} unavailable ({why})"}, status=503)
 
 
 def edge_gateway(k: Knobs, limiter: RateLimiter) -> Service:
+    if not isinstance(limiter, RateLimiter):
+        raise TypeError(f"limiter must be a RateLimiter; got {type(limiter).__name__}")
     gw = Service("gateway", "edge", label="Load balancer + rate limiting", uses=("orders",))
     timeout = 5.0      # a load balancer's generous timeout: never the one that acts here
 
@@ -332,6 +347,8 @@ def design(name: str, knobs: Knobs | None = None) -> Breakers:
 
 def health_checker(d: Breakers) -> HealthChecker:
     """Probe every dependency's /health; two failures in a row mark it down, one success up."""
+    if not isinstance(d, Breakers):
+        raise TypeError(f"d must be a {CHAPTER} design; got {type(d).__name__}")
     k, topo = d.knobs, d.topology
 
     def probe(dep):
@@ -416,7 +433,7 @@ async def run_outage(d: Breakers, *, target: str = "payment") -> Outage:
                                 start=k.outage_start, end=k.outage_end),
              failing.faults.add(Error(1.0, 503), start=k.outage_start, end=k.outage_end)]
     lateness: list = []
-    sampler = topo.spawn(watch(topo.service("orders"), busy, lateness, t0))
+    sampler = topo.spawn(_watch(topo.service("orders"), busy, lateness, t0))
     try:
         res = await load.open_loop(
             lambda i: request(d, i), rate=k.rate, n=max(1, round(k.rate * k.run_s)),
@@ -429,7 +446,7 @@ async def run_outage(d: Breakers, *, target: str = "payment") -> Outage:
     return _result(d, target, res, t0, busy, lateness)
 
 
-async def watch(svc: Service, busy: list, lateness: list, t0: float, every: float = 0.02):
+async def _watch(svc: Service, busy: list, lateness: list, t0: float, every: float = 0.02):
     """Every ``every`` s: the service's busy workers, and how late the event loop woke this
     task (the machine's busyness during the run, which decides whether timings can be
     trusted). Bounded by the run: the design's topology cancels it at the latest."""
