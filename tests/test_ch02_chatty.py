@@ -236,6 +236,17 @@ def test_unknown_knob_is_refused():
     (lambda: chatty.ttl_hit_rate_run([NAN], 1, 10), "rates"),
     (lambda: chatty.ttl_hit_rate_run([0.0], 1, 10), "rates"),
     (lambda: chatty.claim(None), "short"),
+    (lambda: chatty.user_record("x", Knobs()), "uid"),
+    (lambda: chatty.user_record(-1, Knobs()), "uid"),
+    (lambda: chatty.user_record(1, "knobs"), "knobs"),
+    (lambda: chatty.post_record(NAN), "pid"),
+    (lambda: chatty.post_record(10**20), "pid"),
+    (lambda: chatty.friend_summary(None), "user"),
+    (lambda: chatty.data_services(3), "knobs"),
+    (lambda: chatty.inject(Knobs(), "users"), "services"),
+    (lambda: chatty.bff_service({}), "cache"),
+    (lambda: chatty.calls_behind(None, "t"), "design"),
+    (lambda: chatty.calls_behind(design("before"), 3), "trace_id"),
 ])
 def test_helpers_refuse_hostile_input(call, param):
     with pytest.raises((ValueError, TypeError)) as e:
@@ -261,6 +272,10 @@ def test_helpers_refuse_hostile_input(call, param):
     (lambda: chatty.sweep(ns=(-1,)), "ns"),
     (lambda: chatty.sweep(latencies_ms=(NAN,)), "latencies_ms"),
     (lambda: chatty.sweep(pages=0), "pages"),
+    (lambda: chatty.sweep(ns=5), "ns"),
+    (lambda: chatty.run_all(ps=0.02), "ps"),
+    (lambda: chatty.run_all(ps=(0.05,)), "ps"),
+    (lambda: chatty.audit(Knobs), "knobs"),
 ])
 async def test_experiments_refuse_hostile_input_at_once(run, param):
     async with asyncio.timeout(2):            # refused before anything runs: never a hang

@@ -88,7 +88,12 @@ def as_knobs(knobs) -> Knobs:
 
 
 # -- the data, identical in every design --------------------------------------------------------
+MAX_ID = 10**12             # user and post ids
+
+
 def user_record(uid: int, k: Knobs) -> dict:
+    uid = v.number("uid", uid, low=0, high=MAX_ID, integer=True)
+    k = as_knobs(k)
     rng = random.Random(uid)
     return {"id": uid, "name": f"user{uid}", "bio": "x" * rng.randint(40, 120),
             "post_ids": [uid * 1000 + j for j in range(k.n_posts)],
@@ -96,17 +101,21 @@ def user_record(uid: int, k: Knobs) -> dict:
 
 
 def post_record(pid: int) -> dict:
+    pid = v.number("pid", pid, low=0, high=MAX_ID * 1000, integer=True)
     rng = random.Random(pid)
     return {"id": pid, "author": pid // 1000, "title": f"post {pid}",
             "body": "lorem ipsum " * rng.randint(5, 20)}
 
 
 def friend_summary(user: dict) -> dict:
+    if not isinstance(user, dict) or "id" not in user or "name" not in user:
+        raise TypeError(f"user must be a user record (a dict with 'id' and 'name'); got {user!r}")
     return {"id": user["id"], "name": user["name"]}
 
 
 def data_services(k: Knobs) -> tuple[Service, Service]:
     """The user service and the post service, each with single and batch endpoints."""
+    k = as_knobs(k)
     users = Service("users", label="User Service", uses=("user_db",))
     posts = Service("posts", label="Post Service", uses=("post_db",))
 
@@ -141,6 +150,10 @@ def data_services(k: Knobs) -> tuple[Service, Service]:
 
 def inject(k: Knobs, *services: Service) -> None:
     """The knobs' delay and failure probability on every call to ``services``."""
+    k = as_knobs(k)
+    for s in services:
+        if not isinstance(s, Service):
+            raise TypeError(f"services must be Service objects; got {s!r}")
     for s in services:
         s.faults.clear()
         if k.latency_ms:
@@ -176,6 +189,7 @@ def chatty_gateway() -> Service:
 
 # -- after: BFF + cache + composite with parallel batch calls -------------------------------------
 def composite_service(k: Knobs) -> Service:
+    k = as_knobs(k)
     composite = Service("composite", label="Profile Composite", uses=("users", "posts"))
 
     @composite.get("/complete-profile/{id}")
@@ -194,6 +208,8 @@ def composite_service(k: Knobs) -> Service:
 
 
 def bff_service(cache: TTLCache) -> Service:
+    if not isinstance(cache, TTLCache):
+        raise TypeError(f"cache must be a TTLCache; got {type(cache).__name__}")
     bff = Service("bff", "edge", label="Backend for Frontend", uses=("cache", "composite"))
 
     @bff.get("/profile/{id}")
@@ -332,6 +348,11 @@ async def get_page(design: ChattyDesign, uid: int, *, trace_id: str | None = Non
 
 def calls_behind(design: ChattyDesign, trace_id: str) -> Counter:
     """Calls recorded for one page, by caller (the client's own request is ``"client"``)."""
+    if not isinstance(design, ChattyDesign):
+        raise TypeError(f"design must be a {CHAPTER} design (see DESIGNS); "
+                        f"got {type(design).__name__}")
+    if not isinstance(trace_id, str) or not trace_id:
+        raise TypeError(f"trace_id must be a non-empty string; got {trace_id!r}")
     return Counter(s.caller for s in design.tracer.spans if s.trace_id == trace_id)
 
 
@@ -763,7 +784,7 @@ async def run_all(knobs=None, *, pages: int = 4, trials: int = 3, failure_pages:
                   ps=(CLAIM_P,)) -> Results:
     """The experiments behind every claim, at the sizes given (the audit's by default)."""
     k = as_knobs(knobs)
-    if CLAIM_P not in ps:
+    if not isinstance(ps, (list, tuple)) or CLAIM_P not in ps:
         raise ValueError(f"ps must include CLAIM_P = {CLAIM_P}; got {ps!r}")
     return Results(
         await requests_per_page(k),
