@@ -175,8 +175,9 @@ async def test_the_client_waits_for_the_chain_before_and_not_after(leakcheck):
     med = t.trial_medians().median()
     assert t.trial_medians().shape == (3, 3)
     assert (t.trial_medians()["before: response"] >= 530).all()
-    assert med["before: response"] / med["after: response"] > 20
-    assert 0.95 < med["after: completion"] / 530 < 1.5
+    assert med["before: response"] / med["after: response"] > 10   # ~100x on a quiet machine
+    assert 0.95 < med["after: completion"] / 530 < 3                # never sooner than the chain
+    assert t.n_after == 4 * t.n and all(o.n == 12 for o in t.runs["after"])
     table = t.table()
     assert list(table.index) == list(ch.SERIES) and table.loc["before: response",
                                                                "ideal (ms)"] == 530
