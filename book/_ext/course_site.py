@@ -234,6 +234,15 @@ def png_text(path: Path) -> dict[str, str]:
     return out
 
 
+def _image_file(app: Sphinx, image, docname: str) -> Path:
+    """The file of an image node, before or after Sphinx resolved its path to the source dir."""
+    uri = image.get("candidates", {}).get("*") or image.get("uri", "")
+    srcdir = Path(app.srcdir)
+    tries = [srcdir / uri.lstrip("/")] if uri.startswith("/") else \
+        [srcdir / uri, Path(app.env.relfn2path(uri, docname)[1])]
+    return next((p for p in tries if p.is_file()), tries[0])
+
+
 def caption_figures(app: Sphinx, doctree) -> None:
     docname = app.env.docname
     count = 0
@@ -241,8 +250,7 @@ def caption_figures(app: Sphinx, doctree) -> None:
         uri = image.get("uri", "")
         if not uri.lower().endswith(".png") or isinstance(image.parent, nodes.figure):
             continue
-        _rel, path = app.env.relfn2path(uri, docname)
-        text = png_text(Path(path))
+        text = png_text(_image_file(app, image, docname))
         caption, alt = text.get("Title", "").strip(), text.get("Description", "").strip()
         if alt:
             image["alt"] = alt
@@ -263,4 +271,7 @@ def setup(app: Sphinx) -> dict:
     app.connect("build-finished", offer_executed_notebooks)
     app.add_css_file("course.css")
     app.add_js_file("course.js", defer="defer")
-    return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}
+    # env_version: bump it when what the extension does to doctrees changes, so that a
+    # rebuild re-reads every page instead of keeping doctrees made by the old code.
+    return {"version": "2", "env_version": 2, "parallel_read_safe": True,
+            "parallel_write_safe": True}

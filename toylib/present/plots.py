@@ -9,8 +9,7 @@ without them gets both from its own titles, axis labels and legend. They travel 
 (its standard ``Title`` and ``Description`` text chunks), so JupyterLab shows the plain image
 and the book turns it into a numbered figure with that caption and alt text.
 
-Importing this module also sets pandas to show tables in full (no "…" in a cell, no hidden
-columns): the measured values and assumptions are the columns a reader needs most.
+Importing this module also shows tables in full (:mod:`toylib.present.display`).
 """
 from __future__ import annotations
 
@@ -25,6 +24,7 @@ from matplotlib.figure import Figure
 
 from toylib.core import validate as v
 from toylib.core.load import LoadResult
+from toylib.present.display import full_tables
 
 BEFORE, AFTER, IDEAL = "#FF6666", "#10B981", "#374151"   # problem red, service green, grey
 PALETTE = [BEFORE, AFTER, "#3B82F6", "#F59E0B", "#8B5CF6", "#6B7280"]
@@ -38,11 +38,7 @@ def style() -> None:
         "axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False,
         "axes.spines.right": False, "font.size": 10,
     })
-    # Tables in full: no cell cut to "…", no column hidden; long frames stop at 500 rows.
-    pd.set_option("display.max_colwidth", None)
-    pd.set_option("display.max_columns", None)
-    pd.set_option("display.width", 250)
-    pd.set_option("display.max_rows", 500)
+    full_tables()                 # tables in full: no cell cut to "…", no column hidden
     _register_png_formatter()
 
 
