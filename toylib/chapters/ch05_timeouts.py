@@ -51,7 +51,7 @@ HEALTHY, HUNG = "/product", "/recommendations"     # the two endpoints of the pr
 MAX_MS = 60_000.0            # any duration knob, in milliseconds
 MAX_RATE = 1_000.0           # requests per second (one event loop serves about 3,000 hops/s)
 MAX_SECONDS = 60.0           # any run's length
-MAX_REQUESTS = 100_000       # requests in one run
+MAX_REQUESTS = 20_000        # requests in one run (one event loop serves ~3,000 hops/s)
 MAX_CLIENTS = 1_000
 
 
@@ -544,7 +544,7 @@ def false_timeout_rate(latencies_ms, timeouts_ms) -> pd.Series:
 def lognormal_survival(t_ms: float, median_ms: float, sigma: float) -> float:
     """P(latency > t) for a lognormal latency: the analytic false-timeout rate."""
     v.number("t_ms", t_ms, high=MAX_MS)
-    v.positive("median_ms", median_ms)
+    _ms("median_ms", median_ms)
     v.number("sigma", sigma, low=0, low_open=True, high=3)
     if t_ms <= 0:
         return 1.0
@@ -754,12 +754,16 @@ async def retry_amplification(knobs: Knobs | None = None, *, layers=(1, 2, 3, 4)
     client requests, with ``knobs.attempts`` tries at every layer, with a retry budget at every
     layer, and with the tries at the top only. Counts, exactly reproducible."""
     tries = _knobs(knobs).attempts
+    if tries > 10:
+        raise ValueError(f"knobs.attempts must be at most 10 for this experiment; got {tries}")
     layers = list(layers)
     if not layers:
         raise ValueError("layers must name at least one depth")
-    rows = []
     for k_layers in layers:
         v.number("layers", k_layers, low=1, high=6, integer=True)
+    budget_bound(1, requests, tries=tries, ratio=ratio, burst=burst)    # checks them all
+    rows = []
+    for k_layers in layers:
         every = await amplification(k_layers, requests=requests, tries=tries)
         budgeted = await amplification(k_layers, requests=requests, tries=tries,
                                        budget_ratio=ratio, budget_burst=burst)
@@ -955,13 +959,16 @@ async def recovery(knobs: Knobs | None = None, *, policies=("none", "full"), tri
 # -- a short run of everything, for the widget panel ---------------------------------------------
 async def compare(k: Knobs | None = None, *, rate: float = 60.0,
                   seconds: float = 1.5) -> pd.DataFrame:
-    """The starvation experiment on both designs, once; one row per design and endpoint."""
+    """The starvation experiment on both designs, once; one row per design and endpoint.
+    Requests still unanswered twice the deadline (or a second) after the last arrival count
+    as hung."""
     k = _knobs(k)
     _check_load(rate, seconds)
+    grace = 2 * k.deadline_ms / 1000 if k.deadline_ms else 1.0
     frames = []
     for name in DESIGNS:
         async with design(name, k) as d:
-            res, _ = await mixed_load(d, rate=rate, seconds=seconds, grace=0.3, label=name)
+            res, _ = await mixed_load(d, rate=rate, seconds=seconds, grace=grace, label=name)
         s = starvation_summary(res)
         s.insert(0, "design", name)
         frames.append(s)
@@ -1021,3 +1028,58 @@ async def audit(knobs: Knobs | None = None) -> list[Finding]:
     """A small run of the experiment behind every claim (about 15 s), judged."""
     k = _knobs(knobs if knobs is not None else AUDIT_KNOBS)
     return findings(await starvation(k, **AUDIT_LOAD))
+
+
+# -- the static explorer's data: the experiment over a small grid of knobs ------------------------
+SWEEP_GRID = {"timeout_ms": (25.0, 50.0, 100.0, 200.0), "hang_p": (0.1, 0.2, 0.4)}
+SWEEP_LOAD = {"rate": 60.0, "seconds": 1.5}
+
+
+async def sweep(knobs: Knobs | None = None, *, grid: dict | None = None,
+                rate: float = SWEEP_LOAD["rate"],
+                seconds: float = SWEEP_LOAD["seconds"]) -> pd.DataFrame:
+    """Experiment 1 over a grid of ``timeout_ms`` x ``hang_p`` (at most 24 points): one row per
+    grid point and design, with the knob values and what was measured (requests, hung,
+    /product success, recommendations answered in time or with a fast 504, worst latency).
+    The design without timeouts does not use ``timeout_ms``: it runs once per ``hang_p`` and
+    its row is repeated for each timeout (``shared_run`` says so). About 20 s in all."""
+    k = _knobs(knobs)
+    grid = dict(SWEEP_GRID if grid is None else grid)
+    if set(grid) != {"timeout_ms", "hang_p"}:
+        raise ValueError(f"grid must have the keys 'timeout_ms' and 'hang_p'; got {sorted(grid)}")
+    timeouts_ms, hang_ps = list(grid["timeout_ms"]), list(grid["hang_p"])
+    if not timeouts_ms or not hang_ps or len(timeouts_ms) * len(hang_ps) > 24:
+        raise ValueError(f"grid must have 1 to 24 points; got {len(timeouts_ms)} x "
+                         f"{len(hang_ps)}")
+    for t in timeouts_ms:
+        _ms("timeout_ms", t)
+    for p in hang_ps:
+        v.probability("hang_p", p)
+    _check_load(rate, seconds)
+    grace = 2 * k.deadline_ms / 1000 if k.deadline_ms else 1.0
+    rows = []
+
+    def row(name, kp, res, shared):
+        s = starvation_summary(res)
+        hung = int(s["hung"].sum())
+        return {"timeout_ms": kp.timeout_ms, "hang_p": kp.hang_p, "design": name,
+                "requests": int(s["requests"].sum()), "hung": hung,
+                "hung_share": hung / int(s["requests"].sum()),
+                "product_success": float(s.loc[HEALTHY, "success"]),
+                "recommendations_success": float(s.loc[HUNG, "success"]),
+                "product_worst_ms": float(s.loc[HEALTHY, "worst_ms"]),
+                "shared_run": shared}
+
+    for hang_p in hang_ps:
+        kh = replace(k, hang_p=hang_p)
+        async with design("before", kh) as d:
+            before, _ = await mixed_load(d, rate=rate, seconds=seconds, grace=grace,
+                                         label="before")
+        for timeout_ms in timeouts_ms:
+            kt = replace(kh, timeout_ms=timeout_ms)
+            rows.append(row("before", kt, before, len(timeouts_ms) > 1))
+            async with design("after", kt) as d:
+                after, _ = await mixed_load(d, rate=rate, seconds=seconds, grace=grace,
+                                            label="after")
+            rows.append(row("after", kt, after, False))
+    return pd.DataFrame(rows)
