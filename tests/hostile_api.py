@@ -187,7 +187,8 @@ def _services():
                                   max_concurrency=None, when_full="wait", pool_size=10),
           name=NAME, plane=one_of("edge", "service", "state", "control"),
           label=optional(lambda x: isinstance(x, str) and len(x) <= 200),
-          uses=lambda x: isinstance(x, (list, tuple, set, frozenset)) and all(map(_name, x)),
+          uses=lambda x: isinstance(x, (list, tuple, set, frozenset, dict))
+          and all(map(_name, x)),
           max_concurrency=optional(count(hi=10_000)), when_full=one_of("wait", "reject"),
           pool_size=count(hi=10_000))(lambda **kw: Service(**kw))
     entry("Store", "core", dict(name="db", plane="state"), name=NAME,
@@ -861,54 +862,80 @@ def _limit_memory() -> None:
         pass
 
 
-def _in_subprocess(args: list[str], timeout: float):
-    """Run this file with ``args`` in a fresh process; its JSON outcomes, or None if it died."""
+def _entry_in_subprocess(i: int, start: int, n_cases: int) -> tuple[list, str | None]:
+    """Run entry ``i``'s cases from ``start`` in a fresh process, one JSON line per case.
+
+    Returns the outcomes it reported and, if the process died or stopped answering before
+    the last case, how: "died" or "timeout" (the case after the last reported one caused it).
+    """
     import subprocess
+    cmd = [sys.executable, __file__, "--entry", str(i), "--from", str(start)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            env={**os.environ, "TQDM_DISABLE": "1"})
+    got: list[Outcome] = []
+    how = None
     try:
-        done = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True,
-                              timeout=timeout, env={**os.environ, "TQDM_DISABLE": "1"})
-    except subprocess.TimeoutExpired:
-        return "timeout"
-    if done.returncode != 0:
-        return None
-    return [Outcome(**o) for o in json.loads(done.stdout.strip().splitlines()[-1])]
+        while start + len(got) < n_cases:
+            line = _readline(proc, 4 * TIMEOUT_S + 30)
+            if line is None:
+                how = "timeout"
+                break
+            if not line:
+                how = "died"
+                break
+            got.append(Outcome(**json.loads(line)))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    return got, how
+
+
+def _readline(proc, timeout: float):
+    """The next line of ``proc``'s output; "" at its end; None if none came within timeout."""
+    import selectors
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    try:
+        if not sel.select(timeout):
+            return None
+        return proc.stdout.readline()
+    finally:
+        sel.close()
 
 
 def isolated_census() -> list[Outcome]:
-    """The census with each entry point in its own process (and, if that process dies, each
-    case in its own), so one case that exhausts memory or wedges the loop cannot change the
-    outcome of the next. A case whose process dies counts as unclear, one that outlives its
-    time limit as a hang."""
+    """The census with each entry point in its own process, so one case that exhausts memory
+    or wedges the event loop cannot change the outcome of the next: when a process dies (e.g.
+    out of memory: unclear) or stops answering (a hang), the case it was on is recorded so
+    and a new process goes on from the next case."""
     outcomes: list[Outcome] = []
     for i, e in enumerate(load_entries()):
         cases = list(e.cases())
-        got = _in_subprocess(["--entry", str(i)], 60 + len(cases) * (TIMEOUT_S + 2))
-        if isinstance(got, list):
+        start = 0
+        while start < len(cases):
+            got, how = _entry_in_subprocess(i, start, len(cases))
             outcomes += got
-            continue
-        for j, (param, value) in enumerate(cases):
-            one = _in_subprocess(["--entry", str(i), "--case", str(j)], 4 * TIMEOUT_S + 30)
-            if isinstance(one, list):
-                outcomes += one
-            else:
+            start += len(got)
+            if how is not None and start < len(cases):
+                param, value = cases[start]
                 outcomes.append(Outcome(e.label, e.layer, param, _short(value),
-                                        "hang" if one == "timeout" else "unclear",
-                                        "the process " + ("did not finish" if one == "timeout"
+                                        "hang" if how == "timeout" else "unclear",
+                                        "the process " + ("did not answer" if how == "timeout"
                                                           else "died (e.g. out of memory)"),
                                         e.owned))
+                start += 1
     return outcomes
 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     _limit_memory()
-    if "--entry" in argv:                  # one entry point (or one of its cases), as JSON
+    if "--entry" in argv:          # one entry point's cases from --from on, a JSON line each
         e = load_entries()[int(argv[argv.index("--entry") + 1])]
-        cases = list(e.cases())
-        if "--case" in argv:
-            cases = [cases[int(argv[argv.index("--case") + 1])]]
-        out = [run_case(e, p, x) for p, x in cases]
-        print(json.dumps([o.__dict__ for o in out]))
+        start = int(argv[argv.index("--from") + 1]) if "--from" in argv else 0
+        for p, x in list(e.cases())[start:]:
+            print(json.dumps(run_case(e, p, x).__dict__), flush=True)
         return 0
     outcomes = census() if "--in-process" in argv else isolated_census()
     if "--json" in argv:

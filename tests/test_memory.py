@@ -16,7 +16,7 @@ import weakref
 
 import pytest
 
-from toylib.core.faults import MAX_SEEN, Faults
+from toylib.core.faults import Faults
 from toylib.resilience.batcher import Batcher
 from toylib.testing import other_tasks, settle
 from toy_experiment import profile_topology
@@ -72,8 +72,8 @@ async def test_ten_reruns_keep_memory_flat():
 
 
 def test_faults_remember_a_bounded_number_of_traces():
+    from toylib.core.faults import MAX_SEEN, Latency
     f = Faults("svc")
-    from toylib.core.faults import Latency
     f.add(Latency(1))
     for i in range(MAX_SEEN + 500):
         f.decide("/x", "/x", f"t{i}")
@@ -91,14 +91,19 @@ def test_faults_replay_is_unchanged_within_the_bound():
     assert [b.decide("/x", "/x", "t1").status for _ in range(50)] == first
 
 
-async def test_batcher_batches_end_with_their_owner():
+def slow_batcher_fn():
+    """A batch function that never finishes, and the event it sets once it has started."""
     started = asyncio.Event()
 
     async def slow_batch(keys):
         started.set()
         await asyncio.sleep(60)
         return keys
+    return slow_batch, started
 
+
+async def test_batcher_batches_end_with_their_owner():
+    slow_batch, started = slow_batcher_fn()
     async with Batcher(slow_batch) as loader:
         fut = loader.load(1)
         await started.wait()
@@ -111,13 +116,7 @@ async def test_batcher_batches_end_with_their_owner():
 
 
 async def test_batcher_tasks_can_belong_to_a_topology():
-    started = asyncio.Event()
-
-    async def slow_batch(keys):
-        started.set()
-        await asyncio.sleep(60)
-        return keys
-
+    slow_batch, started = slow_batcher_fn()
     topo = profile_topology(table_kb=1)
     async with topo:
         loader = Batcher(slow_batch, spawn=topo.spawn)

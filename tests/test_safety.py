@@ -170,7 +170,8 @@ def bind_problems(source: str, filename: str) -> list[str]:
                     continue
                 if str(ip) != "127.0.0.1":
                     problems.append(f"{filename}:{node.lineno}: address {addr!r}")
-            if node.value.strip().lower() in ("localhost", "*", "any"):
+            # exactly a host word (a Markdown bullet "* " in an f-string is not one)
+            if node.value.lower() in ("localhost", "*", "any"):
                 problems.append(f"{filename}:{getattr(node, 'lineno', '?')}: "
                                 f"host {node.value!r}")
     return problems

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json as jsonlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -119,8 +119,7 @@ class Node:
         if self.label is not None and (not isinstance(self.label, str) or len(self.label) > 200):
             raise TypeError(f"label must be a string of at most 200 characters or None; "
                             f"got {self.label!r:.80}")
-        if isinstance(self.uses, (str, bytes)) or not isinstance(self.uses, (list, tuple, set,
-                                                                             frozenset)):
+        if isinstance(self.uses, (str, bytes)) or not isinstance(self.uses, Iterable):
             raise TypeError(f"uses must be a tuple of node names; got {self.uses!r}")
         self.uses = tuple(self.uses)
         for u in self.uses:
