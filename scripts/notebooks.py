@@ -2,8 +2,10 @@
 
 A stored notebook holds no execution timestamps, no execution counts and no outputs, except
 the outputs of the cells nbval compares (marked ``# NBVAL_CHECK_OUTPUT``; with ``--nbval-lax``
-every other cell must only run). Cell ids are kept as they are, so a diff shows what a person
-changed. Three commands:
+every other cell must only run). nbval compares a cell only if its stored copy "was run", so a
+checked cell keeps its outputs with the constant execution count 1 (never a volatile one), and
+a checked cell stored without outputs is refused: it would compare nothing. Cell ids are kept
+as they are, so a diff shows what a person changed. Three commands:
 
     python scripts/notebooks.py clean [paths...]   strip volatile metadata and unchecked outputs
     python scripts/notebooks.py store paths...     execute, keep the checked outputs, clean
@@ -21,6 +23,7 @@ import nbformat
 
 ROOT = Path(__file__).resolve().parent.parent
 MARK = "# NBVAL_CHECK_OUTPUT"
+RUN = 1     # the execution count a checked cell is stored with: constant, so diffs stay quiet
 FOLDERS = ("chapters", "labs", "book")
 # Notebook-level metadata that a run or an editor writes and a person never means to change.
 VOLATILE_NB = ("widgets", "toc", "varInspector", "execution")
@@ -65,13 +68,17 @@ def problems(nb) -> list[str]:
             if cell.execution_count is not None:
                 out.append(f"{where}: execution count")
         else:
+            if not cell.outputs:
+                out.append(f"{where}: a checked cell stored without outputs (nbval would "
+                           f"compare nothing): run `scripts/notebooks.py store`")
             for o in cell.outputs:
                 if o.get("output_type") == "display_data":
                     out.append(f"{where}: a display output in a checked cell")
-                if "execution_count" in o and o["execution_count"] is not None:
+                if "execution_count" in o and o["execution_count"] not in (None, RUN):
                     out.append(f"{where}: execution count in an output")
-            if cell.execution_count is not None:
-                out.append(f"{where}: execution count")
+            if cell.outputs and cell.execution_count != RUN:
+                out.append(f"{where}: a checked cell's execution count must be {RUN} (nbval "
+                           f"only compares cells stored as run)")
     return out
 
 
@@ -90,9 +97,10 @@ def clean(nb):
                 if o.get("output_type") == "display_data":
                     continue
                 if "execution_count" in o:
-                    o["execution_count"] = None
+                    o["execution_count"] = RUN
                 kept.append(o)
             cell.outputs = kept
+            cell.execution_count = RUN if kept else None
         else:
             cell.outputs = []
     return nb

@@ -43,3 +43,12 @@ def test_the_check_bites():
     cleaned = notebooks.clean(nb)
     assert notebooks.problems(cleaned) == []
     assert cleaned.cells[1].outputs and not cleaned.cells[0].outputs   # checked output kept
+    assert cleaned.cells[1].execution_count == notebooks.RUN          # so nbval compares it
+    assert cleaned.cells[0].execution_count is None
+
+
+def test_a_checked_cell_without_outputs_is_refused():
+    """nbval compares nothing for a checked cell stored without outputs: that check cannot fail."""
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("# NBVAL_CHECK_OUTPUT\nprint(2)")]
+    assert any("without outputs" in f for f in notebooks.problems(nb))
