@@ -422,3 +422,110 @@ async def test_the_panel_function_returns_a_table_a_figure_and_the_invariants(no
     assert list(table.index) == ["before", "after"]
     assert {"writes/s", "ideal writes/s", "fairness"} <= set(table.columns)
     assert checks.holds.all()
+
+
+# -- hostile input: every public function and knob refuses it, naming the parameter ---------------
+NAN, INF = float("nan"), float("inf")
+BAD_KNOB_VALUES = [NAN, INF, -INF, -1, 10**12, "3", None, True]
+
+
+@pytest.mark.parametrize("field", [f.name for f in dataclasses.fields(Knobs)])
+@pytest.mark.parametrize("bad", BAD_KNOB_VALUES, ids=repr)
+def test_every_knob_refuses_nan_inf_negatives_huge_and_wrong_types(field, bad):
+    if field == "wal" and bad is True:
+        return                                            # a bool is wal's one right type
+    if field == "seed" and bad in (-1, 10**12):
+        bad = 10**30                                      # any 64-bit integer is a seed
+    with pytest.raises((ValueError, TypeError), match=re.escape(field)):
+        Knobs(**{field: bad})
+
+
+@pytest.mark.parametrize("call, name", [
+    (lambda: sd.design("nosuch"), "name"),
+    (lambda: sd.design("before", Knobs).knobs, "knobs"),
+    (lambda: sd.order_for(-1, Knobs()), "i"),
+    (lambda: sd.order_for(NAN, Knobs()), "i"),
+    (lambda: sd.order_for(1, "knobs"), "knobs"),
+    (lambda: sd.payment_outcome(7, Knobs()), "order_id"),
+    (lambda: sd.expected_outcomes(Knobs(), 0), "orders"),
+    (lambda: sd.expected_outcomes(Knobs(), 10**9), "orders"),
+    (lambda: sd.ideal_contention(2, NAN), "hold_ms"),
+    (lambda: sd.ideal_contention(2, INF), "hold_ms"),
+    (lambda: sd.ideal_scaling(8, work_ms=-1, hold_ms=10), "work_ms"),
+    (lambda: sd.ideal_scaling(8, work_ms=INF, hold_ms=10), "work_ms"),
+    (lambda: sd.ideal_staleness(rate=0, n=5, delay_ms=1, relay_interval_ms=1), "rate"),
+    (lambda: sd.ideal_staleness(rate=1e300, n=5, delay_ms=1, relay_interval_ms=1), "rate"),
+    (lambda: sd.ideal_staleness(rate=10, n=10**12, delay_ms=1, relay_interval_ms=1), "n"),
+    (lambda: sd.saga_diagram("order"), "saga"),
+    (lambda: sd.broken([1, 2]), "runs"),
+    (lambda: sd.write_summary({}), "df"),
+    (lambda: sd.findings(migration=None, contention=None, scaling=None, neighbour=None,
+                         sagas=None, staleness=None), "migration"),
+    (lambda: Knobs(p_decline=0.8, p_lost_reply=0.3), "p_lost_reply"),
+])
+def test_public_functions_refuse_bad_arguments_naming_them(call, name):
+    with pytest.raises((ValueError, TypeError), match=re.escape(name)):
+        call()
+
+
+@pytest.mark.parametrize("make, name", [
+    (lambda: sd.migration(Knobs(), rounds=0), "rounds"),
+    (lambda: sd.migration(Knobs(), rounds=NAN), "rounds"),
+    (lambda: sd.migration(Knobs(), rounds=5, migrate_after=6), "migrate_after"),
+    (lambda: sd.migration({"hold_ms": 1}), "knobs"),
+    (lambda: sd.contention(Knobs(hold_ms=20), writers=(0,)), "writers"),
+    (lambda: sd.contention(Knobs(hold_ms=20), writers=(3, 1)), "writers"),
+    (lambda: sd.contention(Knobs(hold_ms=20), writers="5"), "writers"),
+    (lambda: sd.contention(Knobs(hold_ms=20), seconds=INF), "seconds"),
+    (lambda: sd.contention(Knobs(hold_ms=20), trials=0), "trials"),
+    (lambda: sd.contention(Knobs(hold_ms=20), seconds=30, trials=20), "trials"),
+    (lambda: sd.scaling(Knobs(hold_ms=20), workers=(1, 10**6)), "workers"),
+    (lambda: sd.scaling(Knobs(hold_ms=20), work_ms=NAN), "work_ms"),
+    (lambda: sd.scaling(Knobs()), "hold_ms"),
+    (lambda: sd.noisy_neighbour(Knobs(history=20_000), setups=("nosuch",)), "setups"),
+    (lambda: sd.noisy_neighbour(Knobs(history=20_000), seconds=-1), "seconds"),
+    (lambda: sd.sagas(Knobs(), orders=-3), "orders"),
+    (lambda: sd.sagas(Knobs(), concurrency=0), "concurrency"),
+    (lambda: sd.staleness(Knobs(), rate=1e300), "rate"),
+    (lambda: sd.staleness(Knobs(), delays=(NAN,)), "delays"),
+    (lambda: sd.audit("fast"), "knobs"),
+    (lambda: sd.sweep(hold_ms=(0,)), "hold_ms"),
+    (lambda: sd.sweep(writers=(1, 9)), "writers"),
+    (lambda: sd.sweep(hold_ms=(10, 20, 40, 80, 160), writers=(1, 2, 3, 4, 5), seconds=1), "grid"),
+    (lambda: sd.try_it(analytics_load=-1), "analytics_load"),
+])
+async def test_experiments_refuse_bad_arguments_at_once(make, name, nothing_left):
+    with pytest.raises((ValueError, TypeError), match=re.escape(name)):
+        await make()
+
+
+async def test_probes_refuse_bad_arguments_and_stopped_designs(nothing_left):
+    async with DatabasePerService() as d:
+        for call, name in [
+            (lambda: sd.write_burst(d, writers=2, seconds=NAN), "seconds"),
+            (lambda: sd.write_burst(d, writers=2.5), "writers"),
+            (lambda: sd.orders_beside_reports(d, analysts=-1), "analysts"),
+            (lambda: sd.scaling_run(d, background="yes"), "background"),
+            (lambda: sd.run_sagas(d, orders=10**9), "orders"),
+            (lambda: sd.read_model_staleness(d, rate=INF), "rate"),
+            (lambda: d.sync(timeout=NAN), "timeout"),
+        ]:
+            with pytest.raises((ValueError, TypeError), match=re.escape(name)):
+                await call()
+    with pytest.raises(TypeError, match="design must be"):
+        await sd.migration_rounds("before")
+    with pytest.raises(RuntimeError, match="not running"):
+        await sd.invariants(d)
+
+
+# -- the static explorer's data ---------------------------------------------------------------------
+async def test_sweep_gives_one_row_per_grid_point_and_design(nothing_left):
+    df = await sd.sweep(hold_ms=(10, 20), writers=(1, 3), seconds=0.2)
+    assert len(df) == 2 * 2 * 2
+    assert set(df.design) == {"before", "after"}
+    assert {"hold_ms", "writers", "writes/s", "mean ms", "ideal writes/s"} <= set(df.columns)
+    shared = df[df.design == "before"]
+    # the one-writer ceiling holds at every grid point, whatever the machine
+    assert (shared["writes/s"] <= 1000 / shared.hold_ms * 1.05).all()
+    assert (df["ideal writes/s"] == [sd.ideal_contention(w, h)[d]["writes/s"]
+                                     for d, h, w in zip(df.design, df.hold_ms, df.writers)]).all()

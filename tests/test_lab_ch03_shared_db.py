@@ -430,3 +430,12 @@ def test_lab3_check_refuses_bad_arguments():
         asyncio.run(saga_lab.check(Reference, seed=-1))
     with pytest.raises(ValueError, match="only"):
         asyncio.run(saga_lab.check(Reference, only="no-such-case"))
+
+
+def test_lab3_helpers_refuse_bad_arguments():
+    with pytest.raises(TypeError, match="OrderSaga"):
+        saga_lab.boot("RefOrderSaga", None)
+    with pytest.raises(TypeError, match="case"):
+        asyncio.run(saga_lab.run_case(Reference, "happy-path"))
+    with pytest.raises(ValueError, match="stop_after"):
+        asyncio.run(saga_lab.check(Reference, stop_after=0))

@@ -331,6 +331,8 @@ def boot(OrderSaga: type, svc: "Services"):
     and its methods are rebuilt to read fresh copies of the module-level data and closure
     variables they use, with every name that meant one of these classes now meaning its fresh
     copy (``super()`` included). So nothing the solution kept in memory survives a restart."""
+    if not isinstance(OrderSaga, type):
+        raise TypeError(f"OrderSaga must be a class taking the services; got {OrderSaga!r}")
     mro = [k for k in OrderSaga.__mro__ if k is not object]
     mapping: dict[type, type] = {}
     funcs: list[tuple] = []

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from toylib.chapters.ch03_shared_db.designs import DESIGNS, ShopDesign, require_running
-from toylib.chapters.ch03_shared_db.knobs import SERVICES, knobs_or_default, order_for
+from toylib.chapters.ch03_shared_db.knobs import (SERVICES, knobs_or_default, order_for,
+                                                  within_budget)
 from toylib.chapters.ch03_shared_db.models import MAX_WRITERS, ideal_contention
 from toylib.core import validate as v
 from toylib.core.calibrate import loop_lag
@@ -141,6 +142,7 @@ class ContentionResult:
 
     def ceiling_multiples(self, name: str, writers: int) -> list[float]:
         """All writers' writes/s over one writer's ceiling (1000 / hold_ms), per trial."""
+        v.one_of("name", name, sorted(set(self.rows.design)))
         r = self.rows[(self.rows.design == name) & (self.rows.writers == writers)]
         if r.empty:
             raise ValueError(f"no run of the {name!r} design with writers={writers!r}")
@@ -171,6 +173,7 @@ async def contention(knobs=None, *, writers=(1, 2, 3, 4, 5), seconds: float = 0.
     writers = counts("writers", writers, 1, MAX_WRITERS)
     v.number("seconds", seconds, low=0.05, high=30)
     v.number("trials", trials, low=1, high=20, integer=True)
+    within_budget(trials * len(writers) * 2, seconds, "contention")
     rows, busiest = [], {}
     for trial in range(trials):
         for n in writers:

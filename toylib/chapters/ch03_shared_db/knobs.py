@@ -91,6 +91,7 @@ def knobs_or_default(knobs) -> Knobs:
 def order_for(i: int, knobs: Knobs) -> dict:
     """The i-th order of an experiment: the same in both designs and in every replay."""
     v.number("i", i, low=0, high=10**9, integer=True)
+    knobs = knobs_or_default(knobs)
     rng = random.Random(f"{knobs.seed}:order:{i}")
     customer = rng.randrange(knobs.customers)
     sku, qty = rng.choice(knobs.sku_names), rng.randint(1, 3)
@@ -103,6 +104,7 @@ def payment_outcome(order_id: str, knobs: Knobs) -> str:
     """"declined", "lost_reply" or "ok": one seeded draw per order, whatever the timing."""
     if not isinstance(order_id, str):
         raise TypeError(f"order_id must be a string; got {order_id!r}")
+    knobs = knobs_or_default(knobs)
     u = random.Random(f"{knobs.seed}:{order_id}:payment").random()
     if u < knobs.p_decline:
         return "declined"
@@ -115,3 +117,14 @@ def order_event(kind: str, order: dict, status: str) -> dict:
     return {"type": kind, "order_id": order["order_id"], "status": status,
             "customer_id": order.get("customer_id"), "email": order.get("email"),
             "total": order.get("total"), "committed_at": now()}
+
+
+MAX_RUN_S = 600     # an experiment's planned measuring time, at most (a laptop, not a cluster)
+
+
+def within_budget(runs: int, seconds: float, what: str) -> None:
+    """Refuse a grid of runs whose planned measuring time exceeds :data:`MAX_RUN_S`."""
+    if runs * seconds > MAX_RUN_S:
+        raise ValueError(f"trials x runs x seconds must be at most {MAX_RUN_S} s for {what}; "
+                         f"got {runs} runs x {seconds} s = {runs * seconds:g} s: lower trials "
+                         f"or seconds")

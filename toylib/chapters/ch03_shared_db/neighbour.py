@@ -15,7 +15,7 @@ import pandas as pd
 from toylib.chapters.ch03_shared_db.contention import lag_during, reports_running, writer
 from toylib.chapters.ch03_shared_db.designs import (DatabasePerService, SharedDatabase,
                                                     ShopDesign, require_running)
-from toylib.chapters.ch03_shared_db.knobs import knobs_or_default, order_for
+from toylib.chapters.ch03_shared_db.knobs import knobs_or_default, order_for, within_budget
 from toylib.core import validate as v
 from toylib.core.clock import now
 
@@ -75,6 +75,8 @@ async def noisy_neighbour(knobs=None, *, setups=tuple(SETUPS), seconds: float = 
         raise ValueError(f"setups must be a non-empty sequence of {list(SETUPS)}; "
                          f"got {setups!r}")
     v.number("trials", trials, low=1, high=20, integer=True)
+    v.number("seconds", seconds, low=0.1, high=30)
+    within_budget(trials * len(setups), seconds, "the noisy neighbour")
     rows, lat = [], {s: [] for s in setups}
     for trial in range(trials):
         for label in setups:

@@ -13,7 +13,7 @@ import pandas as pd
 
 from toylib.chapters.ch03_shared_db.contention import counts, lag_during, writer
 from toylib.chapters.ch03_shared_db.designs import DESIGNS, ShopDesign, require_running
-from toylib.chapters.ch03_shared_db.knobs import SERVICES, knobs_or_default
+from toylib.chapters.ch03_shared_db.knobs import SERVICES, knobs_or_default, within_budget
 from toylib.chapters.ch03_shared_db.models import ideal_scaling
 from toylib.core import validate as v
 from toylib.core.clock import now
@@ -58,6 +58,7 @@ class ScalingResult:
     rows: pd.DataFrame        # design, order workers, trial, order/other/everyone writes/s
 
     def trials(self, name: str, workers: int, column: str) -> list[float]:
+        v.one_of("name", name, sorted(set(self.rows.design)))
         r = self.rows[(self.rows.design == name) & (self.rows["order workers"] == workers)]
         if r.empty:
             raise ValueError(f"no run of the {name!r} design with {workers!r} order workers")
@@ -82,6 +83,7 @@ async def scaling(knobs=None, *, workers=(1, 2, 4, 8), seconds: float = 0.8,
     v.number("seconds", seconds, low=0.05, high=30)
     v.number("work_ms", work_ms, low=0, high=1000)
     v.number("trials", trials, low=1, high=20, integer=True)
+    within_budget(trials * len(workers) * 2, seconds, "scaling")
     rows = []
     for trial in range(trials):
         for w in workers:

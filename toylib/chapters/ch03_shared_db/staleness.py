@@ -15,7 +15,7 @@ import pandas as pd
 
 from toylib.chapters.ch03_shared_db.contention import counts
 from toylib.chapters.ch03_shared_db.designs import DatabasePerService, require_running
-from toylib.chapters.ch03_shared_db.knobs import knobs_or_default, order_for
+from toylib.chapters.ch03_shared_db.knobs import knobs_or_default, order_for, within_budget
 from toylib.chapters.ch03_shared_db.models import ideal_staleness
 from toylib.core import validate as v
 from toylib.core.load import open_loop
@@ -60,9 +60,11 @@ class StalenessResult:
         return sum(df.attrs["missing"] for dfs in self.runs.values() for df in dfs)
 
     def p99s(self, delay_ms: float) -> list[float]:
+        v.one_of("delay_ms", delay_ms, list(self.runs))
         return [float(df.staleness_ms.quantile(0.99)) for df in self.runs[delay_ms]]
 
     def all(self, delay_ms: float) -> pd.Series:
+        v.one_of("delay_ms", delay_ms, list(self.runs))
         return pd.concat([df.staleness_ms for df in self.runs[delay_ms]], ignore_index=True)
 
     @property
@@ -73,6 +75,7 @@ class StalenessResult:
         return max(0.0, float(self.all(fastest).median()) - self.relay_interval_ms / 2)
 
     def model(self, delay_ms: float) -> np.ndarray:
+        v.one_of("delay_ms", delay_ms, list(self.runs))
         return ideal_staleness(rate=self.rate, n=len(self.runs[delay_ms][0]), delay_ms=delay_ms,
                                relay_interval_ms=self.relay_interval_ms,
                                overhead_ms=self.overhead_ms)
@@ -99,6 +102,7 @@ async def staleness(knobs=None, *, rate: float = 40, seconds: float = 1.0,
     v.number("seconds", seconds, low=0.1, high=30)
     delays = counts("delays", delays, 0, 1000)
     v.number("trials", trials, low=1, high=20, integer=True)
+    within_budget(trials * len(delays), seconds, "staleness")
     runs = {dl: [] for dl in delays}
     for _ in range(trials):
         for dl in delays:
