@@ -130,6 +130,17 @@ class Design:
             self.forget()
 
 
+def knobs_or_default(knobs_type: type, knobs, default=None):
+    """``knobs`` if it is a ``knobs_type``; ``default`` (or ``knobs_type()``) for None; anything
+    else is refused, naming the chapter's knobs type."""
+    if knobs is None:
+        return default if default is not None else knobs_type()
+    if not isinstance(knobs, knobs_type):
+        raise TypeError(f"knobs must be a {knobs_type.__module__.rsplit('.', 1)[-1]}.Knobs or "
+                        f"None (the defaults); got {type(knobs).__name__}")
+    return knobs
+
+
 def build(designs: dict, name: str, knobs):
     """``designs[name](knobs)``, refusing an unknown name with the names that exist."""
     if not isinstance(name, str) or name not in designs:
