@@ -36,6 +36,7 @@ import sys
 import tempfile
 import warnings
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from numbers import Integral, Real
 from pathlib import Path
@@ -807,6 +808,31 @@ async def _run(e: Entry, kwargs: dict):
     return result
 
 
+@contextmanager
+def memory_cap(extra_mb: int = 2000):
+    """Cap this process's address space at its current size plus ``extra_mb`` for the block,
+    so a case that allocates without bound (a missing size limit) raises MemoryError here
+    instead of taking the machine's memory from everything else running on it."""
+    try:
+        import resource
+        soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+        with open("/proc/self/statm") as f:
+            size = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+        cap = size + extra_mb * 2 ** 20
+        if hard != resource.RLIM_INFINITY:
+            cap = min(cap, hard)
+        if soft != resource.RLIM_INFINITY:
+            cap = min(cap, soft)
+        resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
+    except (ImportError, OSError, ValueError):
+        yield
+        return
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
 def run_case(e: Entry, param: str, value) -> Outcome:
     """Call ``e`` with ``param=value`` (the rest valid) on a fresh event loop; classify."""
     kwargs = {**e.base, param: value}
@@ -821,7 +847,7 @@ def run_case(e: Entry, param: str, value) -> Outcome:
     signal.setitimer(signal.ITIMER_REAL, TIMEOUT_S + 1.0)
     outcome, detail = "silent", ""
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), memory_cap():
             warnings.simplefilter("ignore")
             asyncio.run(_run(e, kwargs))
     except (_Hang, asyncio.TimeoutError):
