@@ -14,7 +14,7 @@ import pytest
 PKG = Path(__file__).resolve().parent.parent / "toylib"
 
 # folder -> rank; a module may import ranks strictly lower than its own, or its own folder.
-RANK = {"core": 0, "testing": 1, "resilience": 1, "data": 1, "present": 2, "claims": 3,
+RANK = {"core": 0, "testing": 1, "resilience": 1, "data": 1, "present": 2, "prod": 2, "claims": 3,
         "chapters": 4, "labs": 5}
 ROOT_MODULES = {"__init__"}      # toylib/__init__.py re-exports the core's main names
 
