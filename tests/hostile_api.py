@@ -902,7 +902,8 @@ def _entry_in_subprocess(i: int, start: int, n_cases: int) -> tuple[list, str | 
     how = None
     try:
         while start + len(got) < n_cases:
-            line = _readline(proc, 4 * TIMEOUT_S + 30)
+            # the first line also waits for the process to start (slow on a busy machine)
+            line = _readline(proc, 4 * TIMEOUT_S + (120 if not got else 30))
             if line is None:
                 how = "timeout"
                 break
