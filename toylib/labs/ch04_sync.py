@@ -449,8 +449,10 @@ async def _settle(system: LabCheckout, accepted: dict) -> dict:
     final, last = {}, {}
     loop = asyncio.get_running_loop()
     deadline = loop.time() + SETTLE_S + (1.0 if system.knobs.scale else 0.0)
-    turn = 0
+    turn, seen = 0, 0
     while len(final) < len(accepted) and loop.time() < deadline:
+        if len(final) > seen:       # progress: a busy machine is slow, not stuck
+            seen, deadline = len(final), loop.time() + SETTLE_S
         for oid, i in accepted.items():
             if oid in final:
                 continue
@@ -476,8 +478,8 @@ async def _settle(system: LabCheckout, accepted: dict) -> dict:
     for oid, i in accepted.items():
         status, body = last.get(oid, (None, None))
         assert oid in final, (
-            f"checkout {i} was accepted as {oid}, but after {SETTLE_S:.0f} s GET "
-            f"/orders/{oid} still answers {status} {body!r}: it must come to 'completed' or "
+            f"checkout {i} was accepted as {oid}, but after {SETTLE_S:.0f} s in which no "
+            f"order finished, GET /orders/{oid} still answers {status} {body!r}: it must come to 'completed' or "
             f"'compensated'")
     return final
 
