@@ -589,8 +589,10 @@ def _history(history: list[Request], rows: dict, focus: int | None, charged: dic
                  "-" if oid is None else _fmt(held) + ("" if held == r.order else
                                                        f"  (expected: {_fmt(r.order)})"))
         mark = ">" if r.i == focus else " "
+        n = charged.get(oid, 0) if oid else None
         lines.append(f" {mark} #{r.i}: {_fmt(r.order)} -> {r.told()} | {holds}; "
-                     f"charged {charged.get(oid, 0) if oid else '-'} time(s)")
+                     f"charged {'-' if n is None else n} time(s)"
+                     + ("" if n in (None, 1) else " (expected: 1)"))
     if hi < len(history):
         lines.append(f"   ... {len(history) - hi} more request(s)")
     return "\n".join(lines)
