@@ -9,19 +9,15 @@ The production half is skipped, with the reason, where the services are not list
 from __future__ import annotations
 
 import asyncio
-import random
-from contextlib import asynccontextmanager
 
 import pytest
 
-from toylib.data.bus import EventBus
-from toylib.data.db import Workspace
 from toylib.data.outbox import IdempotentConsumer, Outbox
 from toylib.data.saga import COMPENSATED, COMPLETED, SagaDefinition, SagaOrchestrator, Step
 from toylib.prod import services
+from toylib.prod.stack import BACKENDS, stack
 
 pytestmark = pytest.mark.timeout(60)
-BACKENDS = ["toy", "prod"]
 
 
 @pytest.fixture(params=BACKENDS)
@@ -32,24 +28,6 @@ def backend(request):
             pytest.skip(f"production backend needs {' and '.join(absent)} (not listening; "
                         f"compose.yaml starts them)")
     return request.param
-
-
-@asynccontextmanager
-async def stack(backend):
-    """(workspace, bus) of one backend, both closed and removed at the end."""
-    if backend == "toy":
-        async with Workspace(synchronous="off") as ws:
-            yield ws, EventBus()
-    else:
-        from toylib.prod.jetstream import JetStreamBus
-        from toylib.prod.postgres import PgWorkspace
-        async with PgWorkspace() as ws, JetStreamBus(ack_wait=0.5) as bus:
-            yield ws, bus
-
-
-async def add_consumer(group):
-    out = group.add_consumer()
-    return await out if asyncio.iscoroutine(out) else out
 
 
 def in_order(seq) -> bool:
