@@ -35,7 +35,7 @@ def in_order(seq) -> bool:
     return all(a <= b for a, b in zip(seq, seq[1:]))
 
 
-async def test_per_key_order_and_redelivery_after_a_consumer_dies(backend):
+async def test_per_key_order_and_redelivery_after_a_consumer_dies(backend, leakcheck):
     async with stack(backend) as (_, bus):
         bus.create_topic("orders", partitions=4)
         seen: dict[str, list[int]] = {}
@@ -78,7 +78,7 @@ async def test_a_failing_handler_is_retried_and_its_partition_waits(backend):
             assert in_order([n for k, n in seen if k == key])
 
 
-async def test_outbox_duplicates_are_absorbed_by_the_idempotent_consumer(backend):
+async def test_outbox_duplicates_are_absorbed_by_the_idempotent_consumer(backend, leakcheck):
     async with stack(backend) as (ws, bus):
         bus.create_topic("orders", partitions=2)
         orders = await ws.database("orders")

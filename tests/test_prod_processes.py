@@ -27,7 +27,7 @@ def alive(pid: int) -> bool:
     return True
 
 
-async def test_kill_9_loses_nothing_and_does_nothing_twice(real_stack):
+async def test_kill_9_loses_nothing_and_does_nothing_twice(real_stack, leakcheck):
     from toylib.prod.crash import crash_test
     r = await crash_test(orders=24, sagas=10, declined=2, timeout=60)
     assert r["kills"] == {"orders": 0, "billing": 1, "orchestrator": 1}
