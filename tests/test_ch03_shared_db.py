@@ -242,6 +242,7 @@ async def test_staleness_grows_when_the_consumer_is_slower_than_the_arrivals(not
     r = await sd.staleness(Knobs(), rate=40, seconds=0.5, delays=(0, 40))
     assert r.missing == 0 and r.placed == 40
     p99 = {dl: r.p99s(dl)[0] for dl in (0, 40)}
+    skip_if_busy(r.lags)
     assert p99[40] > 3 * p99[0]          # 40 ms per event at 25 ms apart: a growing queue
     assert (r.all(0) > 0).all()
     assert list(r.table().index) == ["0 ms of work per event", "40 ms of work per event"]

@@ -286,7 +286,8 @@ class DatabasePerService(ShopDesign):
                                f"`async with`")
         # Steps after the pivot are retried: send_notification may arrive before the
         # notification service has its copy of the order (404), a moment later it has it.
-        kw = {"max_attempts": 10, "base_delay": 0.01, "max_delay": 0.5, **kw}
+        # Enough attempts for a busy machine, where the copy can take seconds (bounded: ~20 s).
+        kw = {"max_attempts": 40, "base_delay": 0.01, "max_delay": 0.5, **kw}
         return SagaOrchestrator(self.saga_db, self.order_saga(), seed=self.knobs.seed, **kw)
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from toylib.chapters.ch03_shared_db.contention import counts
+from toylib.chapters.ch03_shared_db.contention import counts, lag_during
 from toylib.chapters.ch03_shared_db.designs import DatabasePerService, require_running
 from toylib.chapters.ch03_shared_db.knobs import knobs_or_default, order_for, within_budget
 from toylib.chapters.ch03_shared_db.models import ideal_staleness
@@ -30,9 +30,11 @@ async def read_model_staleness(d: DatabasePerService, *, rate: float = 40,
     v.number("rate", rate, low=1, high=1000)
     v.number("seconds", seconds, low=0.1, high=30)
     v.number("start", start, low=0, high=10**8, integer=True)
-    await open_loop(lambda i: d.call("orders", "POST", "/orders",
-                                     json=order_for(start + i, d.knobs)),
-                    rate=rate, n=int(rate * seconds), max_seconds=seconds + 30, progress=False)
+    async with lag_during(seconds) as lag:
+        await open_loop(lambda i: d.call("orders", "POST", "/orders",
+                                         json=order_for(start + i, d.knobs)),
+                        rate=rate, n=int(rate * seconds), max_seconds=seconds + 30,
+                        progress=False)
     await d.sync(timeout=60)
     df = await d.primary("analytics").dataframe(
         "SELECT order_id, committed_at, visible_at FROM orders WHERE visible_at IS NOT NULL "
@@ -41,6 +43,7 @@ async def read_model_staleness(d: DatabasePerService, *, rate: float = 40,
     placed = {o for (o,) in await d.primary("orders").fetchall("SELECT order_id FROM orders")}
     df.attrs["placed"] = len(placed)
     df.attrs["missing"] = len(placed - set(df.order_id))    # committed, never seen by analytics
+    df.attrs["lag_p99_ms"] = lag.p99_ms
     return df
 
 
@@ -58,6 +61,11 @@ class StalenessResult:
     def missing(self) -> int:
         """Orders committed that analytics never saw, once its consumer had caught up."""
         return sum(df.attrs["missing"] for dfs in self.runs.values() for df in dfs)
+
+    @property
+    def lags(self) -> list[float]:
+        """The event loop's lag p99 beside each run (ms): how well this machine could time it."""
+        return [df.attrs["lag_p99_ms"] for dfs in self.runs.values() for df in dfs]
 
     def p99s(self, delay_ms: float) -> list[float]:
         v.one_of("delay_ms", delay_ms, list(self.runs))
