@@ -132,6 +132,7 @@ def status_page(build_s: float) -> str:
         "table{border-collapse:collapse;margin:1rem 0;display:block;overflow-x:auto}"
         "td,th{border:1px solid #999;padding:.25rem .5rem;text-align:left}"
         "@media (prefers-color-scheme: dark){body{background:#111;color:#eee}}</style></head><body>",
+        "<main><article>",
         "<h1>Execution status of this build</h1>",
         "<p>Every figure in this book was computed when the page was executed, on the machine "
         "below. Notebooks whose code did not change come from the execution cache: their date "
@@ -150,7 +151,7 @@ def status_page(build_s: float) -> str:
                 "yes" if x.get("busy") else "no") for x in lg[-50:]])
         if lg else "<p>No lag was recorded (the notebooks came from the cache).</p>",
         "<h2>Packages</h2>", table(["package", "version"], versions().items()),
-        "</body></html>",
+        "</article></main></body></html>",
     ]
     return "\n".join(parts)
 

@@ -715,9 +715,6 @@ def _claims_present():
             kw["measured"], ideal=kw["ideal"]))
     entry("claims.table", "claims", dict(findings=None), owned=False,
           findings=lambda x: False)(lambda **kw: claims.table(kw["findings"]))
-    entry("claims.verdict", "claims", dict(measured=1.0, claimed=2.0, tolerance=0.8),
-          owned=False, measured=_real, claimed=number(0, lo_open=True),
-          tolerance=number(0, 1, lo_open=True))(lambda **kw: claims.verdict(**kw))
     entry("diagrams.flowchart", "present", dict(topology=None, direction="LR"), owned=False,
           topology=lambda x: False, direction=one_of("LR", "TB", "RL", "BT"))(
         lambda **kw: diagrams.flowchart(_topology() if kw["topology"] is None

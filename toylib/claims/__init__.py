@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from statistics import NormalDist
 
 import pandas as pd
@@ -32,6 +32,22 @@ HOLDS, HOLDS_IF = "holds", "holds under stated assumptions"
 FAILS, NOT_SHOWN = "does not hold here", "not shown by this run"
 VERDICTS = (HOLDS, HOLDS_IF, FAILS, NOT_SHOWN)
 CONFIDENCE = 0.95
+MAX_N = 10**12          # a sample size beyond any run of this course
+
+
+def _value(name: str, x, finite: bool = True) -> float:
+    if isinstance(x, bool):
+        raise TypeError(f"{name} must be a number, not a bool; got {x!r}")
+    return float(v.number(name, x, finite=finite))
+
+
+def _sequence(name: str, xs, limit: int = 1_000_000) -> list:
+    if isinstance(xs, (str, bytes, dict)) or not hasattr(xs, "__iter__"):
+        raise TypeError(f"{name} must be a list of values; got {type(xs).__name__}")
+    out = list(xs)
+    if len(out) > limit:
+        raise ValueError(f"{name} must hold at most {limit:,} values; got {len(out):,}")
+    return out
 
 
 # -- measurements ---------------------------------------------------------------------------------
@@ -52,22 +68,28 @@ class Estimate:
     k: int | None = None
 
     def __post_init__(self):
-        for name in ("value", "low", "high"):
-            v.number(name, getattr(self, name))
+        for name in ("value", "low", "high"):     # a bound may be unbounded (a ratio over 0)
+            _value(name, getattr(self, name), finite=name == "value")
+        if not isinstance(self.how, str) or not isinstance(self.unit, str):
+            raise TypeError(f"how and unit must be strings; got {self.how!r}, {self.unit!r}")
         if not self.low <= self.value <= self.high:
             raise ValueError(f"an estimate needs low <= value <= high; got {self.low!r} <= "
                              f"{self.value!r} <= {self.high!r}")
-        v.number("n", self.n, low=1, integer=True)
+        v.number("n", self.n, low=1, high=MAX_N, integer=True)
+        if self.k is not None:
+            v.number("k", self.k, low=0, high=self.n, integer=True)
 
     @classmethod
     def exact(cls, value: float, n: int = 1, unit: str = "", how: str = "exact count"):
         """A deterministic figure (a count of requests, of services broken): no interval."""
-        return cls(float(value), float(value), float(value), n, how, unit)
+        value = _value("value", value)
+        v.number("n", n, low=1, high=MAX_N, integer=True)
+        return cls(value, value, value, n, how, unit)
 
     @classmethod
     def proportion(cls, k: int, n: int, unit: str = "", confidence: float = CONFIDENCE):
         """``k`` successes in ``n`` trials, with the Wilson score interval."""
-        v.number("n", n, low=1, integer=True)
+        v.number("n", n, low=1, high=MAX_N, integer=True)
         v.number("k", k, low=0, high=n, integer=True)
         low, high = wilson(k, n, confidence)
         return cls(k / n, min(low, k / n), max(high, k / n), n,
@@ -76,11 +98,9 @@ class Estimate:
     @classmethod
     def trials(cls, values, unit: str = ""):
         """Repeated trials of one figure: the median, with the lowest and highest as the spread."""
-        xs = sorted(float(x) for x in values)
+        xs = sorted(_value("values", x) for x in _sequence("values", values))
         if not xs:
             raise ValueError("values must hold at least one trial")
-        for x in xs:
-            v.number("values", x)
         mid = len(xs) // 2
         med = xs[mid] if len(xs) % 2 else (xs[mid - 1] + xs[mid]) / 2
         how = "one trial" if len(xs) == 1 else f"median of {len(xs)} trials, min-max"
@@ -89,6 +109,9 @@ class Estimate:
     @classmethod
     def ratio(cls, num: "Estimate", den: "Estimate", unit: str = "x"):
         """``num / den`` with the widest interval the two allow (interval arithmetic)."""
+        for name, e in (("num", num), ("den", den)):
+            if not isinstance(e, Estimate):
+                raise TypeError(f"{name} must be an Estimate; got {type(e).__name__}")
         if den.low <= 0:
             raise ValueError(f"den must be positive over its whole interval; got low={den.low!r}")
         if num.low < 0:
@@ -106,7 +129,7 @@ class Estimate:
 
 def wilson(k: int, n: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
     """The Wilson score interval for a proportion of ``k`` in ``n`` (good at 0 and n too)."""
-    v.number("n", n, low=1, integer=True)
+    v.number("n", n, low=1, high=MAX_N, integer=True)
     v.number("k", k, low=0, high=n, integer=True)
     v.number("confidence", confidence, low=0, high=1, low_open=True, high_open=True)
     z = NormalDist().inv_cdf(0.5 + confidence / 2)
@@ -140,6 +163,12 @@ class Claim:
     unit: str = ""
 
     def __post_init__(self):
+        for name in ("aspect", "source_says", "quantity", "assumptions", "unit"):
+            if not isinstance(getattr(self, name), str):
+                raise TypeError(f"{name} must be a string; got {getattr(self, name)!r}")
+        for name in ("at_least", "conditional"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be True or False; got {getattr(self, name)!r}")
         if not isinstance(self.id, str) or "." not in self.id:
             raise ValueError(f"id must be '<chapter>.<name>', e.g. 'ch02_chatty.latency'; "
                              f"got {self.id!r}")
@@ -233,7 +262,7 @@ class Table:
     COLUMNS = ("aspect", "the source says", "measured here", "ideal", "verdict", "assumptions")
 
     def __init__(self, findings):
-        self.findings = list(findings)
+        self.findings = _sequence("findings", findings)
         if not self.findings:
             raise ValueError("findings must not be empty")
         for f in self.findings:
@@ -284,7 +313,7 @@ def table(findings) -> Table:
 
 
 def records(findings) -> list[dict]:
-    return [f.record() for f in findings]
+    return Table(findings).records()
 
 
 def dumps(findings) -> str:
@@ -297,33 +326,3 @@ def claim_ids(claims) -> list[str]:
     if dupes:
         raise ValueError(f"claim ids must be unique; repeated: {sorted(dupes)}")
     return ids
-
-
-# -- the former API, kept while chapters move to Claim/Estimate/Finding ---------------------------
-@dataclass
-class LegacyClaim:
-    aspect: str
-    seed_says: str
-    measured: str
-    verdict: str
-    assumptions: str = ""
-
-
-def verdict(measured: float, claimed: float, *, tolerance: float = 0.8,
-            assumed: bool = False, higher_is_better: bool = True) -> str:
-    """Compare a measured figure with the claimed one (both as 'bigger is better' factors)."""
-    v.number("measured", measured)
-    v.positive("claimed", claimed)
-    v.number("tolerance", tolerance, low=0, high=1, low_open=True)
-    ok = measured >= tolerance * claimed if higher_is_better else measured <= claimed / tolerance
-    if ok:
-        return HOLDS_IF if assumed else HOLDS
-    return FAILS
-
-
-def legacy_table(claims: list[LegacyClaim]) -> pd.DataFrame:
-    if not claims:
-        raise ValueError("claims must not be empty")
-    df = pd.DataFrame([asdict(c) for c in claims])
-    df.columns = ["aspect", "the seed says", "measured here", "verdict", "assumptions"]
-    return df.set_index("aspect")

@@ -12,6 +12,7 @@ from pathlib import Path
 from IPython.display import Markdown
 
 from toylib.core.calibrate import LoopLag, loop_lag, stalls_from_env
+from toylib.present import display  # noqa: F401  (pandas shows tables in full on every page)
 
 ROOT = Path(__file__).resolve().parents[2]     # the repository (or site-packages) root
 
