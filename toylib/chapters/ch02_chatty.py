@@ -795,7 +795,7 @@ async def run_all(knobs=None, *, pages: int = 4, trials: int = 3, failure_pages:
 
 
 async def audit(knobs=None) -> list[Finding]:
-    """Every claim judged from a small run (about 15 s): for chapter 7 and the claims page."""
+    """Every claim judged from a small run (about 15 s): for chapter 7, which lists every claim."""
     return (await run_all(AUDIT_KNOBS if knobs is None else as_knobs(knobs))).findings()
 
 

@@ -949,7 +949,7 @@ AUDIT_ORDERS = 200             # checkouts per failure run: enough to decide "al
 
 
 async def audit(knobs: Knobs | None = None) -> list[Finding]:
-    """A small run of the experiments behind every claim (chapter 7 and the claims page)."""
+    """A small run of the experiments behind every claim (for chapter 7, which lists every claim)."""
     k = knobs_or_default(knobs, AUDIT_KNOBS)
     timing = await response_times(k, n=3, clients=1, trials=3)
     kp = replace(SUCCESS_KNOBS, seed=k.seed)

@@ -16,7 +16,7 @@
 The chapter follows :mod:`toylib.chapters.design`: :class:`Knobs` -> ``DESIGNS`` ->
 experiments (:func:`outage`, :func:`fallback`; :func:`run_outage` runs one *running* design
 through an outage) -> :data:`CLAIMS` judged by :func:`findings`; :func:`audit` is the small run
-chapter 7 and the claims page use, :func:`sweep` the grid the static site shows.
+chapter 7 uses, :func:`sweep` the grid the static site shows.
 
 The users are patient, as the source's "long timeouts, 30 s+" are: the load generator waits for
 every answer, so no request is abandoned and no work is cancelled, exactly like a server whose

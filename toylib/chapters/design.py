@@ -14,10 +14,10 @@ Each chapter module ``toylib/chapters/chNN_<idea>.py`` provides, under these nam
   design first (``async def page_latency(design, n)``);
 * ``CLAIMS``: the source article's claims for the chapter, declared once
   (:class:`toylib.claims.Claim`), and ``findings(...) -> list[Finding]`` that judges them from
-  the experiments' results, so the chapter's last section, chapter 7 and the claims page render
+  the experiments' results, so the chapter's last section and chapter 7 (which lists every claim) render
   the same verdicts;
 * ``AUDIT_KNOBS`` and ``async def audit(knobs=AUDIT_KNOBS) -> list[Finding]``: a small run of
-  the experiments behind every claim, for chapter 7 and the claims page.
+  the experiments behind every claim, for chapter 7, which lists every claim.
 
 A :class:`Design` is built from knobs, started and stopped with ``async with`` (which owns its
 topology and, for designs with databases, a workspace of real SQLite files and whatever the

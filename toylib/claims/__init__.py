@@ -3,7 +3,7 @@
 Every chapter module declares its claims once, as :class:`Claim` objects (the source article's
 words, the measured quantity, the threshold that decides, the assumptions), and judges them
 from its experiments' results with :meth:`Claim.judge`. The chapter's last section, chapter 7
-and the claims page all render the same :class:`Finding` objects with :func:`table`, and the
+(which lists every claim) all render the same :class:`Finding` objects with :func:`table`, and the
 build writes them as JSON with :func:`records`; no verdict rule is written twice.
 
 A measurement is an :class:`Estimate`: a value with an interval and a sample size. The verdict
