@@ -37,10 +37,10 @@ from toylib.chapters.ch03_shared_db.scaling import ScalingResult, scaling, scali
 from toylib.chapters.ch03_shared_db.staleness import (StalenessResult, read_model_staleness,
                                                       staleness)
 from toylib.chapters.ch03_shared_db.verdicts import (AUDIT_KNOBS, BUSY_P99_MS, CLAIMS, audit,
-                                                     findings, unless_busy)
+                                                     findings, timed)
 
 __all__ = [
-    "CHAPTER", "Knobs", "DESIGNS", "BUSY_P99_MS", "unless_busy", "design", "SharedDatabase", "DatabasePerService",
+    "CHAPTER", "Knobs", "DESIGNS", "BUSY_P99_MS", "timed", "design", "SharedDatabase", "DatabasePerService",
     "ShopDesign", "CLAIMS", "findings", "AUDIT_KNOBS", "audit", "sweep", "try_it",
     "migration", "migration_rounds", "OTHERS", "broken", "MigrationResult",
     "contention", "write_burst", "write_summary", "ContentionResult",
