@@ -61,3 +61,9 @@ async def test_the_experiments_run_on_the_toy():
     assert c["elapsed_ms"] >= 0.5 * c["serial_ms"]
     with pytest.raises(ValueError, match="backend"):
         await ch.pipeline("mysql", 10)
+
+
+async def test_chapter_1_designs_run_through_the_appendix_on_the_toy():
+    r = await ch.chapter1("toy", orders=2)
+    assert set(r) == {"before_answer_ms", "after_answer_ms", "after_complete_ms"}
+    assert ch.on_postgres(object).__name__ == "objectOnPostgres"

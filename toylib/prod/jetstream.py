@@ -193,6 +193,7 @@ class JetStreamGroup:
         self.stats = {"delivered": 0, "failed": 0, "lost": 0, "crashes": 0, "redelivered": 0}
         self.members: dict[str, list[asyncio.Task]] = {}
         self._countdown: dict[str, int] = {}
+        self._dead: list[asyncio.Task] = []
         self._n = 0
 
     async def __aenter__(self) -> JetStreamGroup:
@@ -208,11 +209,12 @@ class JetStreamGroup:
         return self
 
     async def __aexit__(self, *exc) -> None:
-        tasks = [t for ts in self.members.values() for t in ts]
+        tasks = [t for ts in self.members.values() for t in ts] + self._dead
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self.members.clear()
+        self._dead.clear()
 
     async def add_consumer(self) -> str:
         if len(self.members) >= MAX_CONSUMERS:
@@ -238,13 +240,17 @@ class JetStreamGroup:
         await self._kill(consumer)
 
     async def _kill(self, consumer: str) -> None:
-        tasks = self.members.pop(consumer, [])
+        await asyncio.gather(*self._die(consumer), return_exceptions=True)
+
+    def _die(self, consumer: str) -> list[asyncio.Task]:
+        """Cancel the consumer's other pulls at once (no ack from any of them)."""
         me = asyncio.current_task()
-        for t in tasks:
-            if t is not me:
-                t.cancel()
-        await asyncio.gather(*(t for t in tasks if t is not me), return_exceptions=True)
+        others = [t for t in self.members.pop(consumer, []) if t is not me]
+        for t in others:
+            t.cancel()
+        self._dead.extend(others)          # awaited when the group's block ends
         self.stats["crashes"] += 1
+        return others
 
     async def _pull(self, member: str, sub) -> None:
         import nats.errors
@@ -292,7 +298,7 @@ class JetStreamGroup:
             self._countdown[member] -= 1
             if self._countdown[member] == 0:
                 del self._countdown[member]
-                asyncio.get_running_loop().create_task(self._kill(member))
+                self._die(member)
                 raise asyncio.CancelledError      # this task dies before its ack
         if self.commit == "after":
             await msg.ack_sync()
