@@ -39,3 +39,25 @@ def test_probe_of_a_closed_port_says_what_is_missing(monkeypatch):
 def test_workspace_refuses_bad_arguments(kw, name):
     with pytest.raises((ValueError, TypeError), match=name):
         PgWorkspace(**kw)
+
+
+async def test_a_zero_busy_timeout_fails_fast_on_a_held_row_lock():
+    """SQLite's busy_timeout=0 means "never wait"; PostgreSQL's lock_timeout=0 would mean
+    "wait forever", so the backend maps 0 to 1 ms, and the refusal is counted as 'locked'."""
+    import asyncio
+
+    from toylib.prod.services import missing
+    absent = missing("postgres")
+    if absent:
+        pytest.skip(f"needs {absent[0]} (not listening; compose.yaml starts it)")
+    async with PgWorkspace(busy_timeout=0) as ws:
+        a, b = await ws.database("shared", owner="a"), await ws.database("shared", owner="b")
+        await a.executescript("CREATE TABLE t (id INTEGER PRIMARY KEY, n INTEGER)")
+        await a.execute("INSERT INTO t VALUES (1, 0)")
+        async with a.transaction():
+            await a.execute("UPDATE t SET n = n + 1 WHERE id = 1")
+            with pytest.raises(Exception, match="lock"):
+                async with asyncio.timeout(10):
+                    await b.execute("UPDATE t SET n = n + 1 WHERE id = 1")
+        assert b.stats["locked"] == 1
+        assert await b.fetchone("SELECT n FROM t WHERE id = 1") == (1,)

@@ -111,7 +111,8 @@ class PgDatabase(Database):
         self._conn = await asyncpg.connect(
             self.dsn, timeout=10, statement_cache_size=0,
             server_settings={"search_path": self.schema,
-                             "lock_timeout": str(int(self.busy_timeout * 1000)),
+                             # 0 would mean "wait forever" here, "never wait" in SQLite
+                             "lock_timeout": str(max(1, int(self.busy_timeout * 1000))),
                              "application_name": f"toylib-{self.owner}"})
         return self
 
