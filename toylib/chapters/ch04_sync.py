@@ -443,7 +443,7 @@ class AsyncCheckout(Checkout):
 
     async def start_beside(self, stack: AsyncExitStack) -> None:
         k = self.knobs
-        self.bus = EventBus(clock=now)
+        self.bus = await self.open_bus(stack)
         self.bus.create_topic("checkouts", partitions=k.partitions)
         self.bus.create_topic("checkout-status", partitions=k.partitions)
         await stack.enter_async_context(self.outbox.relay(self.bus, interval=RELAY_INTERVAL_S))

@@ -27,7 +27,9 @@ from __future__ import annotations
 
 from contextlib import AsyncExitStack
 
+from toylib.core.clock import now
 from toylib.core.services import Topology
+from toylib.data.bus import EventBus
 from toylib.data.db import Workspace
 from toylib.present.diagrams import flowchart
 
@@ -68,6 +70,13 @@ class Design:
 
     async def start_beside(self, stack: AsyncExitStack) -> None:
         """Start what runs beside the services (relays, consumers), owned by ``stack``."""
+
+    async def open_bus(self, stack: AsyncExitStack):
+        """The event bus a design with events uses: toylib's in-process one. A subclass may
+        return another with the same interface (the appendix's broker-backed bus), entered
+        on ``stack``, without touching the design's code; :meth:`workspace` is the same hook
+        for the databases."""
+        return EventBus(clock=now)
 
     def forget(self) -> None:
         """Drop handles to what the workspace has closed."""

@@ -399,7 +399,7 @@ class OwnedData(ShopDesign):
 
     async def start_beside(self, stack: AsyncExitStack) -> None:
         k = self.k
-        self.bus = EventBus(clock=now)
+        self.bus = await self.open_bus(stack)
         for topic in ("orders", "customers", "prices"):
             self.bus.create_topic(topic, partitions=k.partitions)
         for name, interval in (("order", 0.01), ("customer", 0.05), ("pricing", 0.05)):
