@@ -217,7 +217,7 @@ class DatabasePerService(ShopDesign):
         await Outbox(db, source="orders").emit(TOPIC, event["order_id"], event)
 
     async def start_beside(self, stack: AsyncExitStack) -> None:
-        self.bus = EventBus(clock=now)
+        self.bus = await self.open_bus(stack)
         self.bus.create_topic(TOPIC, partitions=4)
         self.saga_db = await self.ws.database("saga", owner="saga")
         self.relay = await stack.enter_async_context(
