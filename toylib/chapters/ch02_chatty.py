@@ -33,6 +33,7 @@ import pandas as pd
 from toylib.chapters.design import Design, build
 from toylib.claims import Claim, Estimate, Finding
 from toylib.core import validate as v
+from toylib.chapters.design import knobs_or_default
 from toylib.core.clock import FakeClock, now
 from toylib.core.faults import Error, Latency
 from toylib.core.services import CLIENT, CallError, Service, Store, Topology, gather_or_cancel
@@ -79,12 +80,7 @@ class Knobs:
 
 def as_knobs(knobs) -> Knobs:
     """``knobs`` itself, or the defaults for None; anything else is refused naming ``knobs``."""
-    if knobs is None:
-        return Knobs()
-    if not isinstance(knobs, Knobs):
-        raise TypeError(f"knobs must be a {CHAPTER}.Knobs (or None for the defaults); "
-                        f"got {type(knobs).__name__}")
-    return knobs
+    return knobs_or_default(Knobs, knobs)
 
 
 # -- the data, identical in every design --------------------------------------------------------

@@ -38,6 +38,7 @@ from toylib.claims import Claim, Estimate, Finding
 from toylib.core import deadline as dl
 from toylib.core import load
 from toylib.core import validate as v
+from toylib.chapters.design import knobs_or_default
 from toylib.core.calibrate import LoopLag, loop_lag
 from toylib.core.clock import now
 from toylib.core.faults import Error, Hang, Latency
@@ -109,12 +110,7 @@ class Knobs:
 
 
 def _knobs(knobs) -> Knobs:
-    if knobs is None:
-        return Knobs()
-    if not isinstance(knobs, Knobs):
-        raise TypeError(f"knobs must be a {CHAPTER}.Knobs (or None for the defaults); "
-                        f"got {type(knobs).__name__}")
-    return knobs
+    return knobs_or_default(Knobs, knobs)
 
 
 def transient(exc: BaseException) -> bool:

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -55,16 +54,7 @@ from toylib.data.db import Database, Workspace
 from toylib.data.outbox import Outbox
 from toylib.labs.faults import Crash, GraderError, Process, ProgramImage
 from toylib.labs.faults import MortalDatabase, mortal_database  # noqa: F401 (lab 4 imports them here too)
-from toylib.labs.grading import Case, Report, grade
-
-try:
-    from toylib.labs.grading import CaseFailed
-except ImportError:         # a grading module without report details: they join the message
-    class CaseFailed(AssertionError):
-        def __init__(self, message: str, *, detail: str = "", replay: str = ""):
-            super().__init__("\n".join(x for x in (message, detail,
-                                                   replay and f"Replay: {replay}") if x))
-            self.detail, self.replay = detail, replay
+from toylib.labs.grading import Case, CaseFailed, Report, grade, search
 
 LAB = "Lab 1 (distributed monolith)"
 TOPIC = "orders"
@@ -717,41 +707,23 @@ def _size(params: dict) -> tuple:
 
 
 def _search(images: dict, profile: Profile, seed: int, examples: int, budget_s: float):
-    """Hypothesis, in a thread with its own event loop: the smallest failing case found within
-    the budget (or None), its message, and the number of cases run."""
-    from hypothesis import HealthCheck, Phase, find, settings
-    from hypothesis.errors import NoSuchExample
-
-    end = time.monotonic() + budget_s
-    failures: dict[str, tuple] = {}
-    runs = [0]
-
-    def fails(params: dict) -> bool:
-        key = repr(params)
-        if key in failures:
-            return True
-        if time.monotonic() > end:         # out of budget: keep the smallest found so far
-            return False
-        runs[0] += 1
+    """The smallest failing generated case within the budget (see grading.search); its
+    failure is the (message, detail) pair a report shows."""
+    def attempt(params: dict):
         case = Case("generated", params["orders"], seed, params)
         try:
             asyncio.run(_Run(images, case, generated=True).run())
         except AssertionError as e:
-            failures[key] = (str(e), getattr(e, "detail", ""))
+            return (str(e), getattr(e, "detail", ""))
         except NotImplementedError as e:
-            failures[key] = (f"not implemented yet: {e}", "")
+            return (f"not implemented yet: {e}", "")
         except Exception as e:
-            failures[key] = (f"{type(e).__name__}: {e}", "")
-        return key in failures
+            return (f"{type(e).__name__}: {e}", "")
+        return None
 
-    try:
-        found = find(_strategy(profile), fails, random=random.Random(seed),
-                     settings=settings(max_examples=examples, database=None, deadline=None,
-                                       suppress_health_check=list(HealthCheck),
-                                       phases=[Phase.generate, Phase.shrink]))
-    except NoSuchExample:
-        return None, ("", ""), runs[0]
-    return found, failures[repr(found)], runs[0]
+    found, failure, runs = search(_strategy(profile), attempt, seed=seed, examples=examples,
+                                  budget_s=budget_s)
+    return found, failure if failure is not None else ("", ""), runs
 
 
 async def _generated(images: dict, case: Case, profile: Profile) -> dict:

@@ -48,7 +48,6 @@ import copy
 import itertools
 import random
 import threading
-import time
 import types
 from collections import Counter
 from dataclasses import dataclass
@@ -57,8 +56,8 @@ from toylib.core import validate as v
 from toylib.data.db import Database, Workspace
 from toylib.data.saga import (COMPENSATED, COMPLETED, TERMINAL, SagaDefinition,
                               SagaOrchestrator, Step)
-from toylib.labs.faults import Crash, GraderError, MortalDatabase
-from toylib.labs.grading import Case, CaseFailed, Report, grade
+from toylib.labs.faults import Crash, GraderError, MortalDatabase, code_names
+from toylib.labs.grading import Case, CaseFailed, Report, grade, search
 
 LAB = "Lab 3 (shared database: saga)"
 STEPS = ("create_order", "reserve", "charge", "notify")
@@ -366,7 +365,7 @@ def boot(OrderSaga: type, svc: "Services"):
             g = fresh_globals[id(fn.__globals__)] = dict(fn.__globals__)
             used = set()
             for f in (f for *_, f in funcs if f.__globals__ is fn.__globals__):
-                used |= _names(f.__code__)
+                used |= code_names(f.__code__)
             for n in used:
                 if n in g and not n.startswith("__"):
                     g[n] = remap(g[n])
@@ -390,14 +389,6 @@ def boot(OrderSaga: type, svc: "Services"):
         if mapping[klass] is not klass:
             setattr(mapping[klass], name, rebuilt)
     return mapping[OrderSaga](svc)
-
-
-def _names(code: types.CodeType) -> set[str]:
-    out = set(code.co_names)
-    for const in code.co_consts:
-        if isinstance(const, types.CodeType):
-            out |= _names(const)
-    return out
 
 
 # -- one run --------------------------------------------------------------------------------------
@@ -835,38 +826,18 @@ def _generated_case(seed: int, drawn: dict) -> Case:
 
 
 def _search(OrderSaga, seed: int, examples: int, budget_s: float, stop: threading.Event):
-    """Hypothesis, in a thread with its own event loop: the smallest failing case found within
-    the budget (or None), its failure, and the number of cases run."""
-    from hypothesis import HealthCheck, Phase, find, settings
-    from hypothesis.errors import NoSuchExample
-
-    end = time.monotonic() + budget_s
-    failures: dict[str, Exception] = {}
-    runs = [0]
-
-    def fails(drawn: dict) -> bool:
-        key = repr(drawn)
-        if key in failures:
-            return True
-        if time.monotonic() > end or stop.is_set():   # out of budget: keep the smallest found
-            return False
-        runs[0] += 1
+    """The smallest failing generated case within the budget (see grading.search)."""
+    def attempt(drawn: dict):
         try:
             asyncio.run(_Run(OrderSaga, _generated_case(seed, drawn)).run())
         except GraderError:
-            return False                   # a fault the solution never reached: not a failure
+            return None                    # a fault the solution never reached: not a failure
         except Exception as e:
-            failures[key] = e
-        return key in failures
+            return e
+        return None
 
-    try:
-        found = find(_strategy(), fails, random=random.Random(seed),
-                     settings=settings(max_examples=examples, database=None, deadline=None,
-                                       suppress_health_check=list(HealthCheck),
-                                       phases=[Phase.generate, Phase.shrink]))
-    except NoSuchExample:
-        return None, None, runs[0]
-    return found, failures[repr(found)], runs[0]
+    return search(_strategy(), attempt, seed=seed, examples=examples, budget_s=budget_s,
+                  stop=stop)
 
 
 async def _generated(OrderSaga, case: Case) -> dict:

@@ -44,7 +44,6 @@ from __future__ import annotations
 import asyncio
 import random
 import statistics
-import time
 from collections import Counter
 from dataclasses import dataclass
 
@@ -60,7 +59,7 @@ from toylib.data.db import Database
 from toylib.data.outbox import Outbox
 from toylib.data.status import TERMINAL, StatusStore
 from toylib.labs.faults import Crash, GraderError, Plan, ProgramImage, Process
-from toylib.labs.grading import Case, CaseFailed, Report, TooBusy, grade, window
+from toylib.labs.grading import Case, CaseFailed, Report, TooBusy, grade, search, window
 
 LAB = "Lab 4 (ch04_sync)"
 CHAIN_MS = sum(ch.CHAIN.values())        # what the client waited for before
@@ -567,41 +566,19 @@ async def _bounded(coro, seconds: float):
 
 
 def _search(images: dict, points: tuple, seed: int, examples: int, budget_s: float):
-    """Hypothesis, in a thread with its own event loop: the smallest failing case found within
-    the budget (or None), its failure, and the number of cases run."""
-    from hypothesis import HealthCheck, Phase, find, settings
-    from hypothesis.errors import NoSuchExample
-
-    end = time.monotonic() + budget_s
-    failures: dict[str, BaseException] = {}
-    runs = [0]
-
-    def fails(params: dict) -> bool:
-        key = repr(params)
-        if key in failures:
-            return True
-        if time.monotonic() > end:          # out of budget: keep the smallest found so far
-            return False
-        runs[0] += 1
+    """The smallest failing generated case within the budget (see grading.search)."""
+    def attempt(params: dict):
         case = Case("generated", params["checkouts"], seed, params)
         try:
             asyncio.run(_bounded(run_case(images, case, points=points), EXAMPLE_TIMEOUT_S))
         except TimeoutError:
-            failures[key] = AssertionError(
-                f"did not finish within {EXAMPLE_TIMEOUT_S:.0f} s (a hang, or a loop that "
-                f"never ends?)")
+            return AssertionError(f"did not finish within {EXAMPLE_TIMEOUT_S:.0f} s (a hang, "
+                                  f"or a loop that never ends?)")
         except Exception as e:              # AssertionError, NotImplementedError, a crash
-            failures[key] = e
-        return key in failures
+            return e
+        return None
 
-    try:
-        found = find(_strategy(points), fails, random=random.Random(seed),
-                     settings=settings(max_examples=examples, database=None, deadline=None,
-                                       suppress_health_check=list(HealthCheck),
-                                       phases=[Phase.generate, Phase.shrink]))
-    except NoSuchExample:
-        return None, None, runs[0]
-    return found, failures[repr(found)], runs[0]
+    return search(_strategy(points), attempt, seed=seed, examples=examples, budget_s=budget_s)
 
 
 async def _generated(solution: dict, case: Case, points: tuple) -> dict:

@@ -56,7 +56,6 @@ import gc
 import math
 import random
 import secrets
-import time
 from collections import Counter
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -71,7 +70,7 @@ from toylib.core import validate as v
 from toylib.core.clock import now
 from toylib.core.faults import Error, Hang, Latency
 from toylib.core.services import CallError, Service, Topology
-from toylib.labs.grading import Case, CaseFailed, Report, TooBusy, grade, window
+from toylib.labs.grading import Case, CaseFailed, Report, TooBusy, grade, search, window
 
 LAB = "Lab 5 (timeouts and retries)"
 AMPLIFICATION_LIMIT = 1.5   # calls reaching the dependency per client request, at most
@@ -126,6 +125,9 @@ def _cases() -> list[Case]:
                                     **kw})
     return [
         case("burst", 24, 511, rate=2000.0),                        # all at once: concurrency
+        # two instances at 200 requests/s on a 50 ms dependency: about 20 calls in flight, so a
+        # queue in front of the calls (a small bulkhead) must be inside the deadline too
+        case("queue", 60, 513, profile=(50.0, 0.3, 378.0), floor=0.5, rate=200.0, instances=2),
         case("hang-window", 16, 504, floor=0.5, rate=16.0, window=(0.0, 0.3)),
         case("tail-fast", 30, 501),                                   # latency only
         case("tail-slow", 30, 502, profile="slow"),
@@ -684,39 +686,17 @@ def _size(params: dict) -> int:
 
 
 def _search(solution: dict, seed: int, examples: int, budget_s: float):
-    """Hypothesis, in a thread with its own event loop: the smallest failing case found within
-    the budget (or None), its failure, and the number of cases run."""
-    from hypothesis import HealthCheck, Phase, find, settings
-    from hypothesis.errors import NoSuchExample
-
-    end = time.monotonic() + budget_s
-    failures: dict[str, BaseException] = {}
-    runs = [0]
-
-    def fails(params: dict) -> bool:
-        key = repr(params)
-        if key in failures:
-            return True
-        if time.monotonic() > end:         # out of budget: keep the smallest found so far
-            return False
-        runs[0] += 1
-        case = Case("generated", _size(params), seed, params)
+    """The smallest failing generated case within the budget (see grading.search)."""
+    def attempt(params: dict):
         try:
-            asyncio.run(_run(solution, case))
+            asyncio.run(_run(solution, Case("generated", _size(params), seed, params)))
         except TooBusy:
-            return False                   # not the solution's fault: not a failure
-        except (AssertionError, NotImplementedError, Exception) as e:
-            failures[key] = e
-        return key in failures
+            return None                    # not the solution's fault: not a failure
+        except Exception as e:
+            return e
+        return None
 
-    try:
-        found = find(_strategy(), fails, random=random.Random(seed),
-                     settings=settings(max_examples=examples, database=None, deadline=None,
-                                       suppress_health_check=list(HealthCheck),
-                                       phases=[Phase.generate, Phase.shrink]))
-    except NoSuchExample:
-        return None, None, runs[0]
-    return found, failures[repr(found)], runs[0]
+    return search(_strategy(), attempt, seed=seed, examples=examples, budget_s=budget_s)
 
 
 async def _generated(solution: dict, case: Case) -> None:

@@ -163,12 +163,12 @@ def _is_code(value) -> bool:
     return isinstance(value, (types.ModuleType, type, types.BuiltinFunctionType))
 
 
-def _names(code: types.CodeType) -> set[str]:
+def code_names(code: types.CodeType) -> set[str]:
     """Global names a code object (and the functions nested in it) may read."""
     out = set(code.co_names)
     for const in code.co_consts:
         if isinstance(const, types.CodeType):
-            out |= _names(const)
+            out |= code_names(const)
     return out
 
 
@@ -208,7 +208,7 @@ class ProgramImage:
         state = {"globals": {}, "cells": [], "helpers": {}}
         seen[id(fn)] = state
         g = fn.__globals__
-        for name in _names(fn.__code__):
+        for name in code_names(fn.__code__):
             if name not in g:
                 continue
             value = g[name]

@@ -226,6 +226,54 @@ async def _run_one(run_case, solution, case: Case, timeout: float) -> Outcome:
 
 
 # -- generated cases: shrinking and showing a history ----------------------------------------------
+def search(strategy, attempt: Callable, *, seed: int, examples: int, budget_s: float,
+           stop=None):
+    """Hypothesis's search for the smallest failing generated case, within a time budget.
+
+    Run it in a thread (``await asyncio.to_thread(search, ...)``): ``attempt(drawn)`` runs one
+    drawn case to the end (with its own event loop, ``asyncio.run``) and returns the failure (an
+    exception or a message), or None when the case passed or must not count (the machine was
+    too busy, a planned fault the solution never reached). Hypothesis draws from ``strategy``
+    with ``seed`` (printed in reports, so a failure replays), up to ``examples`` cases, then
+    shrinks the failure it found. Past ``budget_s`` seconds (or once ``stop``, a
+    ``threading.Event``, is set) no more cases run and the smallest failure found so far is
+    kept. Returns ``(smallest drawn case or None, its failure or None, cases run)``.
+    """
+    import random
+    import time
+
+    from hypothesis import HealthCheck, Phase, find, settings
+    from hypothesis.errors import NoSuchExample
+
+    v.number("seed", seed, integer=True)
+    v.number("examples", examples, low=1, high=10_000, integer=True)
+    v.number("budget_s", budget_s, low=0, high=3600, low_open=True)
+    end = time.monotonic() + budget_s
+    failures: dict[str, object] = {}
+    runs = [0]
+
+    def fails(drawn) -> bool:
+        key = repr(drawn)
+        if key in failures:
+            return True
+        if time.monotonic() > end or (stop is not None and stop.is_set()):
+            return False                    # out of budget: keep the smallest found so far
+        runs[0] += 1
+        failure = attempt(drawn)
+        if failure is not None:
+            failures[key] = failure
+        return failure is not None
+
+    try:
+        found = find(strategy, fails, random=random.Random(seed),
+                     settings=settings(max_examples=examples, database=None, deadline=None,
+                                       suppress_health_check=list(HealthCheck),
+                                       phases=[Phase.generate, Phase.shrink]))
+    except NoSuchExample:
+        return None, None, runs[0]
+    return found, failures[repr(found)], runs[0]
+
+
 def shrink(steps: Iterable, fails: Callable[[list], bool], *,
            simpler: Callable[[object], Iterable] | None = None,
            max_tries: int = SHRINK_TRIES) -> list:

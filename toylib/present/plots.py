@@ -117,6 +117,12 @@ def png(fig: Figure) -> bytes:
     return buf.getvalue()
 
 
+def png_base64(fig: Figure) -> str:
+    """:func:`png`, base64-encoded: what a notebook output (and a widget's) carries."""
+    import base64
+    return base64.b64encode(png(fig)).decode("ascii")
+
+
 def _register_png_formatter() -> None:
     """In IPython, display every Figure through :func:`png` (plain images elsewhere)."""
     try:
@@ -127,7 +133,9 @@ def _register_png_formatter() -> None:
     if ip is None:
         return
     matplotlib.get_backend()  # let the inline backend register its formatter first
-    ip.display_formatter.formatters["image/png"].for_type(Figure, png)
+    # base64 text, as IPython's own figure formatter gives: a widget Output (the panels) sends
+    # its outputs as JSON and shows raw bytes as a broken image
+    ip.display_formatter.formatters["image/png"].for_type(Figure, png_base64)
 
 
 style()
