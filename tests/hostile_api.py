@@ -690,6 +690,9 @@ def _resilience():
 
 
 # claims and present: entry points of layers this census reports on ---------------------------
+DEFAULT = object()     # "use a real topology" (None is one of the hostile values)
+
+
 def _claims_present():
     from toylib import claims
     from toylib.present import diagrams, plots, show, widgets
@@ -715,9 +718,9 @@ def _claims_present():
             kw["measured"], ideal=kw["ideal"]))
     entry("claims.table", "claims", dict(findings=None), owned=False,
           findings=lambda x: False)(lambda **kw: claims.table(kw["findings"]))
-    entry("diagrams.flowchart", "present", dict(topology=None, direction="LR"), owned=False,
+    entry("diagrams.flowchart", "present", dict(topology=DEFAULT, direction="LR"), owned=False,
           topology=lambda x: False, direction=one_of("LR", "TB", "RL", "BT"))(
-        lambda **kw: diagrams.flowchart(_topology() if kw["topology"] is None
+        lambda **kw: diagrams.flowchart(_topology() if kw["topology"] is DEFAULT
                                         else kw["topology"], direction=kw["direction"]))
     entry("diagrams.sequence", "present", dict(spans=_spans(), collapse=4), owned=False,
           spans=lambda x: False, collapse=count(1, 1000))(
@@ -733,8 +736,8 @@ def _claims_present():
         lambda **kw: plots.measured_vs_ideal(kw["x"], kw["measured"]))
     entry("widgets.panel", "present", dict(run=None), owned=False, run=lambda x: False)(
         lambda **kw: widgets.panel(kw["run"]))
-    entry("show.source", "present", dict(obj=None), owned=False, obj=lambda x: False)(
-        lambda **kw: show.source(kw["obj"]))
+    entry("show.source", "present", dict(objs=None), owned=False, objs=lambda x: False)(
+        lambda **kw: show.source(kw["objs"]))
     entry("show.machine_check", "present", dict(seconds=0.02), owned=False,
           seconds=number(0.01, 30))(lambda **kw: show.machine_check(kw["seconds"]))
 

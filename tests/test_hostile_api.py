@@ -45,8 +45,6 @@ def test_claims_and_present_entry_points_never_hang():
     assert not [o for o in outcomes if o.outcome == "hang"], _report(outcomes)
 
 
-@pytest.mark.xfail(strict=False, reason="claims and present are owned by another layer; the "
-                                        "census lists their unclear and silent cases")
 def test_claims_and_present_entry_points_give_clear_errors():
     outcomes = census(OTHERS)
     c = counts(outcomes)["total"]

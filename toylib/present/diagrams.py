@@ -15,6 +15,7 @@ import re
 import pandas as pd
 
 from toylib.core import validate as v
+from toylib.core.services import Topology
 
 PLANE_STYLE = {  # fill, stroke: the seed's four-plane palette
     "edge": ("#3B82F6", "#2563EB"),
@@ -58,6 +59,31 @@ def _shape(node) -> str:
         node.shape, f'["{t}"]')
 
 
+def _topology(topology):
+    """A Topology, or the topology of a design (anything with a ``.topology``)."""
+    t = getattr(topology, "topology", topology)
+    if not isinstance(t, Topology):
+        raise TypeError(f"topology must be a Topology or a chapter's design; "
+                        f"got {type(topology).__name__}")
+    return t
+
+
+SPAN_COLUMNS = ("trace_id", "caller", "callee", "start")
+
+
+def _spans(spans) -> pd.DataFrame:
+    if not isinstance(spans, pd.DataFrame):
+        raise TypeError(f"spans must be a span DataFrame (topo.tracer.df()); "
+                        f"got {type(spans).__name__}")
+    missing = [c for c in SPAN_COLUMNS if c not in spans.columns]
+    if missing:
+        raise ValueError(f"spans must be a span DataFrame (topo.tracer.df()); it has no "
+                         f"columns {missing}")
+    if spans.empty:
+        raise ValueError("spans must be a non-empty span DataFrame (topo.tracer.df())")
+    return spans
+
+
 def flowchart(topology, *, trace: pd.DataFrame | None = None, problems: dict | None = None,
               direction: str = "LR", title: str | None = None) -> Mermaid:
     """Draw ``topology`` in its planes.
@@ -67,6 +93,9 @@ def flowchart(topology, *, trace: pd.DataFrame | None = None, problems: dict | N
     attached to that node, as the seed marks anti-pattern problems.
     """
     v.one_of("direction", direction, ("LR", "TB", "RL", "BT"))
+    topology = _topology(topology)
+    if problems is not None and not isinstance(problems, dict):
+        raise TypeError(f"problems must be a dict of node name -> note; got {problems!r}")
     problems = problems or {}
     for name in problems:
         topology[name]  # KeyError naming the allowed names if unknown
@@ -117,9 +146,10 @@ def sequence(spans: pd.DataFrame, *, trace_id: str | None = None, title: str | N
     route, one after another) are drawn once inside a ``loop`` box with their count and mean
     time, as the seed draws its N+1 loops.
     """
-    v.positive("collapse", collapse, integer=True)
-    if spans is None or len(spans) == 0:
-        raise ValueError("spans must be a non-empty span DataFrame (topo.tracer.df())")
+    if isinstance(collapse, bool):
+        raise TypeError(f"collapse must be an integer in [2, 1000]; got {collapse!r}")
+    v.number("collapse", collapse, low=2, high=1000, integer=True)
+    spans = _spans(spans)
     if trace_id is None:
         trace_id = spans["trace_id"].iloc[0]
     df = spans[spans["trace_id"] == trace_id].sort_values("start")

@@ -161,8 +161,7 @@ def percentiles(results, *, ideal: Mapping | None = None, ps: Sequence[float] = 
                 title: str = "", unit: str = "ms", ax=None, log: bool = False,
                 caption: str = "", alt: str = ""):
     """Grouped bars: one group per percentile, one bar per design; the ideal as dashed lines."""
-    for p in ps:
-        v.number("ps", p, low=0, high=100)
+    ps = _numbers("ps", ps, low=0, high=100, low_open=True)
     labels, series = _labels(results)
     fig, ax = _axes(ax)
     width = 0.8 / len(labels)
@@ -211,11 +210,18 @@ def measured_vs_ideal(x: Sequence, measured: Mapping, ideal: Mapping | None = No
                       xlabel: str = "", ylabel: str = "", title: str = "", ax=None,
                       logy: bool = False, caption: str = "", alt: str = ""):
     """Lines with markers for each measured series, dashed lines for each analytic one."""
-    x = list(x)
-    fig, ax = _axes(ax)
-    for k, (lab, ys) in enumerate(measured.items()):
+    x = _numbers("x", x)
+    if not isinstance(measured, Mapping) or not measured:
+        raise TypeError(f"measured must be a non-empty dict of label -> values (one per x); "
+                        f"got {measured!r}")
+    for lab, ys in measured.items():
+        ys = _numbers(f"measured[{lab!r}]", ys, finite=False, gaps=True)
         if len(ys) != len(x):
             raise ValueError(f"measured[{lab!r}] must have {len(x)} values, one per x")
+    if ideal is not None and not isinstance(ideal, Mapping):
+        raise TypeError(f"ideal must be a dict of label -> values or None; got {ideal!r}")
+    fig, ax = _axes(ax)
+    for k, (lab, ys) in enumerate(measured.items()):
         ax.plot(x, ys, "o-", label=f"{lab} (measured)", color=PALETTE[k % len(PALETTE)])
         if ideal and lab in ideal:
             ax.plot(x, ideal[lab], "--", label=f"{lab} (ideal)",
@@ -227,6 +233,24 @@ def measured_vs_ideal(x: Sequence, measured: Mapping, ideal: Mapping | None = No
     ax.set_title(title)
     ax.legend(fontsize=8)
     return describe(fig, caption, alt)
+
+
+def _numbers(name: str, xs, *, low=None, high=None, low_open=False, finite=True,
+             gaps=False) -> list:
+    """A non-empty list of numbers (no bools; finite unless ``finite`` is False; NaN only as a
+    gap in a measured series, ``gaps``)."""
+    if isinstance(xs, (str, bytes, Mapping)) or not hasattr(xs, "__iter__"):
+        raise TypeError(f"{name} must be a list of numbers; got {xs!r}")
+    out = list(xs)
+    if not out or len(out) > 100_000:
+        raise ValueError(f"{name} must hold 1 to 100,000 numbers; got {len(out)}")
+    for x in out:
+        if isinstance(x, bool):
+            raise TypeError(f"{name} must hold numbers, not bools; got {x!r}")
+        if gaps and isinstance(x, float) and x != x:
+            continue                          # a point not measured: drawn as a gap
+        v.number(name, x, low=low, high=high, low_open=low_open, finite=finite)
+    return out
 
 
 def _axes(ax):
