@@ -80,6 +80,19 @@ def _is_lock_timeout(error: BaseException) -> bool:
                               asyncpg.exceptions.DeadlockDetectedError))
 
 
+async def _settle(aw):
+    """Await ``aw`` to its end even when the caller is cancelled meanwhile, then re-raise the
+    cancellation: an asyncpg connection with a query still in flight refuses every other
+    operation ("another operation is in progress"), so a stopped orchestrator's rollback, or
+    the next task's statement, would fail."""
+    inner = asyncio.ensure_future(aw)
+    try:
+        return await asyncio.shield(inner)
+    except asyncio.CancelledError:
+        await asyncio.wait({inner})
+        raise
+
+
 class PgDatabase(Database):
     """One connection, owned by one service, to one schema of a PostgreSQL database.
 
@@ -125,7 +138,7 @@ class PgDatabase(Database):
     async def _run(self, fn, *args):
         if self._conn is None:
             raise RuntimeError(f"database {self.schema} is closed")
-        return await fn(self._conn, *args)
+        return await _settle(fn(self._conn, *args))
 
     async def _call(self, fn, *args):
         self.stats["statements"] += 1
@@ -198,12 +211,12 @@ class PgDatabase(Database):
                 yield self
             except BaseException:
                 self._tx_task = None
-                await asyncio.shield(tx.rollback())
+                await _settle(tx.rollback())
                 self.stats["rollbacks"] += 1
                 raise
             self._tx_task = None
             try:
-                await asyncio.shield(tx.commit())
+                await _settle(tx.commit())
                 self.stats["commits"] += 1
             except BaseException as e:
                 if _is_lock_timeout(e):
