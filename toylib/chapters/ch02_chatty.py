@@ -33,7 +33,7 @@ import pandas as pd
 from toylib.chapters.design import Design, build
 from toylib.claims import Claim, Estimate, Finding
 from toylib.core import validate as v
-from toylib.chapters.design import knobs_or_default
+from toylib.chapters.design import knobs_or_default, running_design
 from toylib.core.clock import FakeClock, now
 from toylib.core.faults import Error, Latency
 from toylib.core.services import CLIENT, CallError, Service, Store, Topology, gather_or_cancel
@@ -328,11 +328,7 @@ def _uid(design: ChattyDesign, uid) -> int:
 
 
 def _design(design) -> ChattyDesign:
-    if not isinstance(design, ChattyDesign):
-        raise TypeError(f"design must be a {CHAPTER} design (see DESIGNS); "
-                        f"got {type(design).__name__}")
-    design.require_running()
-    return design
+    return running_design(ChattyDesign, design)
 
 
 async def get_page(design: ChattyDesign, uid: int, *, trace_id: str | None = None) -> dict:

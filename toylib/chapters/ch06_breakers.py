@@ -48,6 +48,7 @@ from aiohttp import web
 from toylib.chapters.design import Design, build
 from toylib.claims import Claim, Estimate, Finding
 from toylib.core import load
+from toylib.chapters.design import running_design
 from toylib.core import validate as v
 from toylib.core.calibrate import LoopLag, loop_lag, stalls_from_env
 from toylib.core.clock import FakeClock, now
@@ -363,11 +364,7 @@ def health_checker(d: Breakers) -> HealthChecker:
 
 
 def require_design(d) -> Breakers:
-    if not isinstance(d, Breakers):
-        raise TypeError(f"design must be a running {CHAPTER} design (design('before') or "
-                        f"design('after') inside `async with`); got {type(d).__name__}")
-    d.require_running()
-    return d
+    return running_design(Breakers, d)
 
 
 # -- probes: one running design ----------------------------------------------------------------

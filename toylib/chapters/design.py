@@ -150,6 +150,17 @@ def knobs_or_default(knobs_type: type, knobs, default=None):
     return knobs
 
 
+def running_design(design_type: type, design, param: str = "design"):
+    """``design`` if it is a running ``design_type``; anything else is refused, naming ``param``
+    (the probes of a chapter take a running design first)."""
+    if not isinstance(design, design_type):
+        chapter = getattr(design_type, "chapter", "") or "chapter's"
+        raise TypeError(f"{param} must be a running {chapter} design (from design(...), inside "
+                        f"`async with`); got {type(design).__name__}")
+    design.require_running()
+    return design
+
+
 def build(designs: dict, name: str, knobs):
     """``designs[name](knobs)``, refusing an unknown name with the names that exist."""
     if not isinstance(name, str) or name not in designs:

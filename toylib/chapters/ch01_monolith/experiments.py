@@ -12,17 +12,14 @@ from toylib.chapters.ch01_monolith.knobs import (CHAPTER, DEPENDENCIES, MAX_ORDE
                                                  SERVICES, Knobs, Migration, as_knobs)
 from toylib.claims import Estimate
 from toylib.core import load
+from toylib.chapters.design import running_design
 from toylib.core import validate as v
 from toylib.core.clock import now
 
 
 # -- probes: each takes a running design first ----------------------------------------------------
 def _running(system) -> ShopDesign:
-    if not isinstance(system, ShopDesign):
-        raise TypeError(f"system must be a running {CHAPTER} design (from design(...)); "
-                        f"got {system!r}")
-    system.require_running()
-    return system
+    return running_design(ShopDesign, system, "system")
 
 
 async def order_latencies(system: ShopDesign, n: int, *, first: int = 0,
