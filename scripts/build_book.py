@@ -32,7 +32,7 @@ HTML = BUILD / "html"
 FAILED = BUILD / "html.failed"
 CACHE = BUILD / ".jupyter_cache"
 STATUS_DIR = ROOT / "build" / "status"          # lags recorded by toylib.present.show
-AUDIT = ROOT / "build" / "audit" / "verdicts.json"   # written by chapter 7
+AUDIT = STATUS_DIR / "verdicts.json"           # written by chapter 7 (Audit.write)
 PACKAGES = ("jupyter-book", "myst-nb", "sphinx", "aiohttp", "pandas", "numpy", "matplotlib",
             "ipywidgets", "nbval", "toylib")
 # A traceback that reached a page: the text Python prints, or IPython's rendered exception.

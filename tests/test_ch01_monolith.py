@@ -140,8 +140,10 @@ async def test_no_order_is_lost_through_an_outage_and_the_lag_drains(leakcheck):
     # about 20 arrive while it is down; the other groups keep up, so their lag stays far lower
     assert mine[mine.t <= up].lag.max() >= 10
     assert mine.lag.iloc[-1] == 0 and run_after.drained_s == run_after.drained_s  # not NaN
-    others = lag[lag.group != "inventory"]
-    assert others.lag.max() <= mine.lag.max() / 2
+    # (the others' typical lag during the outage, not their peak: a busy machine delays every
+    # consumer now and then, but only the one whose service is down falls behind for good)
+    others = lag[(lag.group != "inventory") & (lag.t >= down) & (lag.t <= up)]
+    assert others.lag.median() <= mine[mine.t <= up].lag.max() / 4
 
 
 async def test_a_crashed_consumer_resumes_from_its_committed_offset(leakcheck):

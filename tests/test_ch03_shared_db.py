@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import re
+import sys
 import threading
 from collections import Counter
 
@@ -27,6 +28,8 @@ from toylib.core.calibrate import BUSY_P99_MS  # noqa: E402
 from toylib.data.bus import Event  # noqa: E402
 from toylib.data.saga import TERMINAL  # noqa: E402
 from toylib.chapters.ch03_shared_db import Knobs, DatabasePerService, SharedDatabase  # noqa: E402
+from toylib.chapters.ch03_shared_db.contention import MIN_CALM, enough_calm  # noqa: E402
+from toylib.chapters.ch03_shared_db.neighbour import MIN_HISTORY  # noqa: E402
 
 DESIGNS = [SharedDatabase, DatabasePerService]
 
@@ -530,3 +533,38 @@ async def test_sweep_gives_one_row_per_grid_point_and_design(nothing_left):
     assert (shared["writes/s"] <= 1000 / shared.hold_ms * 1.05).all()
     assert (df["ideal writes/s"] == [sd.ideal_contention(w, h)[d]["writes/s"]
                                      for d, h, w in zip(df.design, df.hold_ms, df.writers)]).all()
+
+
+# -- trials a burst of load spoilt are replaced, a few at most -----------------------------------
+def test_enough_calm_counts_calm_trials_per_set_up():
+    calm_row = {"set-up": "a", "lag p99 ms": 1.0}
+    busy_row = {"set-up": "a", "lag p99 ms": BUSY_P99_MS + 1}
+    assert not enough_calm([], ("set-up",))
+    assert enough_calm([calm_row] * MIN_CALM, ("set-up",))
+    assert not enough_calm([calm_row] * (MIN_CALM - 1) + [busy_row] * 5, ("set-up",))
+    assert not enough_calm([calm_row] * MIN_CALM + [{"set-up": "b", "lag p99 ms": float("nan")}]
+                           * 3, ("set-up",))
+
+
+@pytest.mark.parametrize("machine_calm,rounds", [(True, 2), (False, 4)])
+async def test_extra_trials_run_only_while_the_machine_was_too_busy(machine_calm, rounds,
+                                                                    monkeypatch, nothing_left):
+    # The lag measured beside each trial decides; here it is forced, so the outcome does not
+    # depend on how busy this machine is. Calm: the 2 planned rounds suffice; busy: all 2 + 2.
+    monkeypatch.setattr(sys.modules["toylib.chapters.ch03_shared_db.contention"], "calm",
+                        lambda lag: machine_calm)    # (the package names a function contention)
+    s = await sd.scaling(Knobs(hold_ms=5), workers=(1,), seconds=0.05, work_ms=0,
+                         trials=2, extra_trials=2)
+    assert s.rows.trial.nunique() == rounds
+    n = await sd.noisy_neighbour(Knobs(hold_ms=5, history=MIN_HISTORY), seconds=0.1,
+                                 trials=2, extra_trials=2, setups=("per service",))
+    assert n.rows.trial.nunique() == rounds
+
+
+@pytest.mark.parametrize("bad", [-1, 21, 1.5, float("nan")])
+async def test_extra_trials_out_of_range_is_refused(bad):
+    with pytest.raises((TypeError, ValueError), match="extra_trials"):
+        await sd.scaling(Knobs(hold_ms=5), workers=(1,), seconds=0.05, extra_trials=bad)
+    with pytest.raises((TypeError, ValueError), match="extra_trials"):
+        await sd.noisy_neighbour(Knobs(hold_ms=5, history=MIN_HISTORY), seconds=0.1,
+                                 extra_trials=bad)

@@ -82,6 +82,19 @@ def test_renderings_agree_on_synthetic_findings(tmp_path):
     assert "Holds" in audit.grouped().data or "Does not hold" in audit.grouped().data
 
 
+def test_the_audit_goes_where_the_build_asks_or_beside_the_chapters(tmp_path, monkeypatch):
+    # The book build names a folder of its own, so a test run of chapter 7 at the same time
+    # never writes the file the build publishes.
+    audit = synthetic_audit()
+    monkeypatch.setenv("TOYLIB_STATUS_DIR", str(tmp_path / "status"))
+    assert audit.write() == tmp_path / "status" / "verdicts.json"
+    monkeypatch.delenv("TOYLIB_STATUS_DIR")
+    monkeypatch.chdir(tmp_path / "status")
+    written = audit.write()
+    assert written.resolve() == (tmp_path / "build" / "audit" / "verdicts.json").resolve()
+    assert json.loads(written.read_text()) == audit.records()
+
+
 async def test_one_small_real_audit_renders_the_same_verdict_everywhere(tmp_path):
     audit = await evolution.run_all(only=["ch06_breakers"], progress=False)
     assert [f.claim.id for f in audit.findings["ch06_breakers"]] == \

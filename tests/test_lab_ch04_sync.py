@@ -232,7 +232,8 @@ LAB4_WRONG = {  # mistake -> (the case that must reject it, what its message say
     # concurrency: ids read from a count, then inserted
     "count_outside_the_transaction": ("concurrent-checkouts", "was answered 500"),
     # a fault between two transactions, proven to have fired
-    "status_after_the_event": ("dies-after-every-commit", ("never finished", "disagree")),
+    "status_after_the_event": ("dies-after-every-commit", ("never finished", "disagree",
+                                                           "in the same transaction")),
     # client-visible state against durable state, per request
     "answers_the_latest_id": ("concurrent-checkouts", "another request's order"),
     "optimistic_status": ("transient-failures-20", "while the checkout's database says"),

@@ -155,8 +155,9 @@ async def test_coordinated_omission_open_loop_sees_the_queue(leakcheck):
     assert list(table.index) == ["closed", "open"]
     assert table.loc["open", "ok"] == 30 and table.loc["closed", "ok"] == 15
     # closed loop: every request sees ~20 ms; open loop: the queue grows by 10 ms per arrival,
-    # so the last of 30 waits ~300 ms (the tail the closed loop never asks about)
-    assert table.loc["open", "p99_ms"] > 5 * table.loc["closed", "p99_ms"]
+    # so the last of 30 waits ~300 ms (the tail the closed loop never asks about). The closed
+    # loop's median, not its p99: of 15 requests the p99 is the one a busy machine stalled.
+    assert table.loc["open", "p99_ms"] > 5 * table.loc["closed", "p50_ms"]
     assert table.loc["open", "throughput_rps"] < 60
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import posixpath
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,9 @@ from toylib.core.calibrate import LoopLag, loop_lag
 from toylib.core.clock import now
 from toylib.core.load import Progress
 from toylib.present.diagrams import PLANE_STYLE, Mermaid, label
+
+# Where the audit goes when the chapter runs outside the book build (from chapters/).
+AUDIT_FILE = Path("..") / "build" / "audit" / "verdicts.json"
 
 CHAPTER = "ch07_evolution"
 MODULES = {m.CHAPTER: m for m in (ch01_monolith, ch02_chatty, ch03_shared_db, ch04_sync,
@@ -204,8 +208,16 @@ class Audit:
     def records(self) -> list[dict]:
         return claims.records(self.all())
 
-    def write(self, path) -> Path:
-        """Write every finding as JSON (the build publishes it as audit.json)."""
+    def write(self, path=None) -> Path:
+        """Write every finding as JSON (the build publishes it as audit.json).
+
+        Without a path: into the folder the book build names in ``TOYLIB_STATUS_DIR`` (so a
+        build and a test run of this chapter at the same time never write one file), else
+        ``../build/audit/verdicts.json`` from the chapter's folder.
+        """
+        if path is None:
+            folder = os.environ.get("TOYLIB_STATUS_DIR", "").strip()
+            path = Path(folder) / "verdicts.json" if folder else AUDIT_FILE
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text(json.dumps(self.records(), indent=1, sort_keys=True))

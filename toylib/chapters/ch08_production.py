@@ -15,8 +15,8 @@ Experiments (each runs the *same* design code on both backends, interleaved per 
 * :func:`crash <toylib.prod.crash.crash_test>`: ``kill -9`` of billing and the orchestrator.
 
 Without the services (a reader's laptop, Binder) :func:`run` returns the results stored by the
-last run that had them (:data:`LAST_RUN`), labelled as such; :func:`sentences` writes every
-comparing sentence from the numbers.
+last run that had them (:data:`LAST_RUN`, refreshed only by ``run(store=True)``), labelled as
+such; :func:`sentences` writes every comparing sentence from the numbers.
 """
 from __future__ import annotations
 
@@ -241,10 +241,13 @@ def _median_of(rows: list[dict]) -> dict:
     return {k: statistics.median(r[k] for r in rows) for k in rows[0]}
 
 
-async def run(knobs: Knobs = Knobs(), *, store: bool = True) -> dict:
-    """Measure now if the services are here (and store the results), else load the last run.
+async def run(knobs: Knobs = Knobs(), *, store: bool = False) -> dict:
+    """Measure now if the services are here, else load the last run stored in the repository.
 
-    The result's ``live`` says which: a page must label stored numbers as such.
+    The result's ``live`` says which: a page must label stored numbers as such. The stored run
+    is part of the course (readers without the services see it), so only a person refreshes it,
+    on purpose: ``await run(store=True)`` on a machine with the services, then commit the file.
+    Running the appendix (the book build, the tests) never rewrites it.
     """
     absent = needed()
     if not absent:

@@ -20,7 +20,7 @@ from toylib.chapters.ch03_shared_db.knobs import (SERVICES, knobs_or_default, or
                                                   within_budget)
 from toylib.chapters.ch03_shared_db.models import MAX_WRITERS, ideal_contention
 from toylib.core import validate as v
-from toylib.core.calibrate import loop_lag
+from toylib.core.calibrate import BUSY_P99_MS, loop_lag
 from toylib.core.clock import now
 
 OWN_WRITE = {   # each service's everyday write, self-contained (no other team's data needed)
@@ -117,6 +117,27 @@ async def lag_during(seconds: float):
         await asyncio.gather(task, return_exceptions=True)
         raise
     box.p99_ms = (await task).p99_ms
+
+
+MIN_CALM = 2     # trials the machine could time, at least, behind a timing verdict
+
+
+def calm(lag_p99_ms: float) -> bool:
+    """Did the event loop keep time during a trial (lag p99 within the limit; NaN: no)?"""
+    return lag_p99_ms <= BUSY_P99_MS
+
+
+def enough_calm(rows: list[dict], by: tuple[str, ...]) -> bool:
+    """Has every set-up (rows with the same values of ``by``) :data:`MIN_CALM` calm trials?
+
+    The experiments with ``extra_trials`` run more interleaved rounds only while this is
+    false: a burst of load spoils a trial or two and the next calm ones replace them, while a
+    machine busy throughout still ends with "not shown by this run" (bounded rounds)."""
+    calm_per: dict[tuple, int] = {}
+    for r in rows:
+        key = tuple(r[k] for k in by)
+        calm_per[key] = calm_per.get(key, 0) + calm(r["lag p99 ms"])
+    return bool(calm_per) and all(n >= MIN_CALM for n in calm_per.values())
 
 
 def write_summary(df: pd.DataFrame) -> dict:

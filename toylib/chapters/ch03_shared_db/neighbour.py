@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from toylib.chapters.ch03_shared_db.contention import lag_during, reports_running, writer
+from toylib.chapters.ch03_shared_db.contention import (enough_calm, lag_during, reports_running,
+                                                      writer)
 from toylib.chapters.ch03_shared_db.designs import (DatabasePerService, SharedDatabase,
                                                     ShopDesign, require_running)
 from toylib.chapters.ch03_shared_db.knobs import knobs_or_default, order_for, within_budget
@@ -65,8 +66,10 @@ class NeighbourResult:
 
 
 async def noisy_neighbour(knobs=None, *, setups=tuple(SETUPS), seconds: float = 1.0,
-                          trials: int = 1) -> NeighbourResult:
-    """Each set-up in turn (interleaved over ``trials``), with ``knobs.history`` past orders."""
+                          trials: int = 1, extra_trials: int = 0) -> NeighbourResult:
+    """Each set-up in turn (interleaved over ``trials``), with ``knobs.history`` past orders;
+    then up to ``extra_trials`` more rounds while some set-up has too few trials during which
+    the event loop kept time (:func:`~.contention.enough_calm`)."""
     knobs = knobs_or_default(knobs)
     if knobs.history < MIN_HISTORY:
         raise ValueError(f"knobs.history must be >= {MIN_HISTORY} for the noisy neighbour "
@@ -75,10 +78,13 @@ async def noisy_neighbour(knobs=None, *, setups=tuple(SETUPS), seconds: float = 
         raise ValueError(f"setups must be a non-empty sequence of {list(SETUPS)}; "
                          f"got {setups!r}")
     v.number("trials", trials, low=1, high=20, integer=True)
+    v.number("extra_trials", extra_trials, low=0, high=20, integer=True)
     v.number("seconds", seconds, low=0.1, high=30)
-    within_budget(trials * len(setups), seconds, "the noisy neighbour")
+    within_budget((trials + extra_trials) * len(setups), seconds, "the noisy neighbour")
     rows, lat = [], {s: [] for s in setups}
-    for trial in range(trials):
+    for trial in range(trials + extra_trials):
+        if trial >= trials and enough_calm(rows, ("set-up",)):
+            break
         for label in setups:
             kind, wal, analysts = SETUPS[label]
             async with kind(knobs.but(wal=wal, analysts=1)) as d:

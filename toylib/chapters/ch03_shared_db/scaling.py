@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from toylib.chapters.ch03_shared_db.contention import counts, lag_during, writer
+from toylib.chapters.ch03_shared_db.contention import counts, enough_calm, lag_during, writer
 from toylib.chapters.ch03_shared_db.designs import DESIGNS, ShopDesign, require_running
 from toylib.chapters.ch03_shared_db.knobs import SERVICES, knobs_or_default, within_budget
 from toylib.chapters.ch03_shared_db.models import ideal_scaling
@@ -73,8 +73,11 @@ class ScalingResult:
 
 
 async def scaling(knobs=None, *, workers=(1, 2, 4, 8), seconds: float = 0.8,
-                  work_ms: float = 40.0, trials: int = 1) -> ScalingResult:
-    """The order service with each number of ``workers``, both designs interleaved."""
+                  work_ms: float = 40.0, trials: int = 1,
+                  extra_trials: int = 0) -> ScalingResult:
+    """The order service with each number of ``workers``, both designs interleaved, over
+    ``trials`` rounds; then up to ``extra_trials`` more while some set-up has too few trials
+    during which the event loop kept time (:func:`~.contention.enough_calm`)."""
     knobs = knobs_or_default(knobs)
     if knobs.hold_ms <= 0:
         raise ValueError(f"knobs.hold_ms must be > 0 for scaling (a write that holds no lock "
@@ -83,9 +86,12 @@ async def scaling(knobs=None, *, workers=(1, 2, 4, 8), seconds: float = 0.8,
     v.number("seconds", seconds, low=0.05, high=30)
     v.number("work_ms", work_ms, low=0, high=1000)
     v.number("trials", trials, low=1, high=20, integer=True)
-    within_budget(trials * len(workers) * 2, seconds, "scaling")
+    v.number("extra_trials", extra_trials, low=0, high=20, integer=True)
+    within_budget((trials + extra_trials) * len(workers) * 2, seconds, "scaling")
     rows = []
-    for trial in range(trials):
+    for trial in range(trials + extra_trials):
+        if trial >= trials and enough_calm(rows, ("design", "order workers")):
+            break
         for w in workers:
             for name, kind in DESIGNS.items():
                 async with kind(knobs.but(order_workers=w)) as d:
