@@ -38,8 +38,10 @@ serve:
 lab: setup
 	$(BIN)/jupyter lab --ip=127.0.0.1 --ServerApp.root_dir=.
 
+# Two workers (each notebook's cells together, the book's tests together; tests/conftest.py),
+# beside the book build that the session starts in the background.
 test: setup
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadgroup
 
 # The quick loop while working on toylib: tests/ without the book build, the browser tests
 # and the notebooks (nbval); `make test` runs everything.

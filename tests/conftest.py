@@ -10,10 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -54,18 +55,23 @@ async def leakcheck():
 # tests/test_site.py (which opens the pages in a browser). Notebooks come from the jupyter-cache
 # when their code has not changed, so on a warm cache the build takes seconds.
 #
-# The build starts in the background as soon as the session knows it needs one, and the tests
-# that read it run last: its notebooks mostly wait on injected delays, so the rest of the suite
-# (nbval over the same notebooks included) runs beside it instead of after it. Its verdicts are
-# built to survive such a neighbour (`make stress` runs a second copy of the notebooks beside
-# every build). The build writes only its own folders (_build/, build/status/), never a file a
+# The session's main process starts the build in the background before collection, and the
+# tests that read it run last: its notebooks mostly wait on injected delays, so the rest of the
+# suite (nbval over the same notebooks included) runs beside it instead of after it. `make test`
+# also runs the suite on two pytest-xdist workers (each notebook's cells together on one, the
+# book's tests together on one), which wait for the same background build through its files.
+# Its verdicts are built to survive such neighbours (`make stress` runs far more beside every
+# build). The build writes only its own folders (_build/, build/status/), never a file that a
 # notebook under test writes.
 BOOK_ROOT = Path(__file__).resolve().parent.parent
 BOOK_HTML = BOOK_ROOT / "_build" / "html"
 BOOK_VENDOR = BOOK_ROOT / "build" / "vendor"
+BOOK_RUN = BOOK_ROOT / "_build" / "test-session"      # the background build: out, err, rc
+BOOK_ENV = "TOYLIB_TEST_BOOK_BUILD"                   # set (to BOOK_RUN) once it is started
+BOOK_TESTS = ("test_book.py", "test_build_book.py", "test_site.py")
 BOOK_BUILD_TIMEOUT_S = 1800
 BOOK_FIXTURES = {"book_build", "built_site"}
-_book: dict = {}        # the background build: process, output files, start time
+_book: dict = {}        # in the main process: the background build's process
 
 
 def _needs_book(item) -> bool:
@@ -74,27 +80,55 @@ def _needs_book(item) -> bool:
             or bool(BOOK_FIXTURES & set(getattr(item, "fixturenames", ()))))
 
 
-def pytest_collection_modifyitems(session, config, items):
-    """Tests that read the built book run last (stable order otherwise)."""
-    items.sort(key=_needs_book)
+def _book_in_scope(config) -> bool:
+    """Will the session run a test that reads the build? Decided before collection (a parallel
+    run's main process collects nothing), from the marker expression and the paths given."""
+    if re.search(r"\bnot\s+book\b", config.getoption("markexpr") or "") \
+            or config.getoption("keyword") or config.getoption("collectonly"):
+        return False
+    args = [a.split("::")[0] for a in config.args] or ["."]
+    for a in args:
+        path = (Path(config.invocation_params.dir) / a).resolve()
+        if path.is_dir() and any((path / "tests" / t).exists() or (path / t).exists()
+                                 for t in BOOK_TESTS):
+            return True
+        if path.name in BOOK_TESTS:
+            return True
+    return False
 
 
-def pytest_collection_finish(session):
-    if session.config.option.collectonly or not any(_needs_book(i) for i in session.items):
-        return
+def pytest_sessionstart(session):
+    config = session.config
+    if hasattr(config, "workerinput") or not _book_in_scope(config):
+        return                                  # a worker, or no book test in this session
     if not (BOOK_VENDOR / "mermaid" / "mermaid.esm.min.mjs").exists():
-        return                              # the fixture fails with the reason
-    out = tempfile.TemporaryFile(mode="w+")
-    err = tempfile.TemporaryFile(mode="w+")
-    proc = subprocess.Popen([sys.executable, str(BOOK_ROOT / "scripts" / "build_book.py")],
-                            cwd=BOOK_ROOT, stdout=out, stderr=err, text=True,
-                            stdin=subprocess.DEVNULL, start_new_session=True)
-    _book.update(proc=proc, out=out, err=err, started=time.monotonic())
+        return                                  # the fixture fails with the reason
+    shutil.rmtree(BOOK_RUN, ignore_errors=True)
+    BOOK_RUN.mkdir(parents=True)
+    script = BOOK_ROOT / "scripts" / "build_book.py"
+    # rc is written last (renamed into place), so a reader never sees half of it
+    cmd = (f'"{sys.executable}" "{script}" > "{BOOK_RUN}/out" 2> "{BOOK_RUN}/err"; '
+           f'echo $? > "{BOOK_RUN}/rc.part" && mv "{BOOK_RUN}/rc.part" "{BOOK_RUN}/rc"')
+    _book["proc"] = subprocess.Popen(["bash", "-c", cmd], cwd=BOOK_ROOT,
+                                     stdin=subprocess.DEVNULL, start_new_session=True)
+    os.environ[BOOK_ENV] = str(BOOK_RUN)        # the workers, started after this, inherit it
+
+
+@pytest.hookimpl(tryfirst=True)     # before xdist reads the groups
+def pytest_collection_modifyitems(session, config, items):
+    """Tests that read the built book run last (stable order otherwise); with workers, each
+    notebook's cells share one (they share its kernel) and the book's tests share one."""
+    items.sort(key=_needs_book)
+    for item in items:
+        if _needs_book(item):
+            item.add_marker(pytest.mark.xdist_group("book"))
+        elif item.path.suffix == ".ipynb":
+            item.add_marker(pytest.mark.xdist_group(str(item.path.relative_to(BOOK_ROOT))))
 
 
 def pytest_sessionfinish(session, exitstatus):
     """An interrupted or failed session leaves no build running."""
-    proc = _book.get("proc")
+    proc = _book.pop("proc", None)
     if proc is not None and proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
@@ -104,9 +138,6 @@ def pytest_sessionfinish(session, exitstatus):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    for f in ("out", "err"):
-        if f in _book:
-            _book.pop(f).close()
 
 
 @pytest.fixture(scope="session")
@@ -115,20 +146,18 @@ def book_build() -> subprocess.CompletedProcess:
     if not (BOOK_VENDOR / "mermaid" / "mermaid.esm.min.mjs").exists():
         pytest.fail("build/vendor is missing: run `make vendor` (or `make test`) first")
     args = [sys.executable, str(BOOK_ROOT / "scripts" / "build_book.py")]
-    if "proc" not in _book:                 # not started at collection (e.g. a lone fixture)
+    run = os.environ.get(BOOK_ENV)
+    if not run:                             # not started in the background: build it now
         return subprocess.run(args, cwd=BOOK_ROOT, capture_output=True, text=True,
                               timeout=BOOK_BUILD_TIMEOUT_S, stdin=subprocess.DEVNULL)
-    proc = _book["proc"]
-    left = BOOK_BUILD_TIMEOUT_S - (time.monotonic() - _book["started"])
-    try:
-        code = proc.wait(timeout=max(left, 1))
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"the book build ran past {BOOK_BUILD_TIMEOUT_S} s")
-    texts = []
-    for f in (_book["out"], _book["err"]):
-        f.seek(0)
-        texts.append(f.read())
-    return subprocess.CompletedProcess(args, code, *texts)
+    rc, started = Path(run) / "rc", time.monotonic()
+    while not rc.exists():
+        if time.monotonic() - started > BOOK_BUILD_TIMEOUT_S:
+            pytest.fail(f"the book build ran past {BOOK_BUILD_TIMEOUT_S} s")
+        time.sleep(1)
+    return subprocess.CompletedProcess(
+        args, int(rc.read_text()), *((Path(run) / f).read_text(errors="replace")
+                                     for f in ("out", "err")))
 
 
 @pytest.fixture(scope="session")

@@ -45,7 +45,7 @@ READER = ROOT / "binder" / "environment.yml"
 # The build, test and browser toolchain: never in the reader's environment.
 DEVELOPER_ONLY = {"jupyter-book", "pytest", "pytest-timeout", "pytest-asyncio", "nbval",
                   "playwright", "sphinx", "sphinxcontrib-mermaid", "sphinx-exercise",
-                  "myst-nb", "pybreaker", "sphinx-book-theme"}
+                  "myst-nb", "pybreaker", "sphinx-book-theme", "pytest-xdist", "execnet"}
 
 
 def _norm(name: str) -> str:
