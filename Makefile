@@ -38,10 +38,10 @@ serve:
 lab: setup
 	$(BIN)/jupyter lab --ip=127.0.0.1 --ServerApp.root_dir=.
 
-# Two workers (each notebook's cells together, the book's tests together; tests/conftest.py),
-# beside the book build that the session starts in the background.
+# Two workers, each taking whole files (a notebook's cells share its kernel), beside the book
+# build the session starts in the background (tests/conftest.py).
 test: setup
-	$(BIN)/python -m pytest -n 2 --dist loadgroup
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 # The quick loop while working on toylib: tests/ without the book build, the browser tests
 # and the notebooks (nbval); `make test` runs everything.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
 import re
 import shutil
@@ -58,8 +59,8 @@ async def leakcheck():
 # The session's main process starts the build in the background before collection, and the
 # tests that read it run last: its notebooks mostly wait on injected delays, so the rest of the
 # suite (nbval over the same notebooks included) runs beside it instead of after it. `make test`
-# also runs the suite on two pytest-xdist workers (each notebook's cells together on one, the
-# book's tests together on one), which wait for the same background build through its files.
+# also runs the suite on two pytest-xdist workers (`--dist loadfile`: each notebook's cells
+# together on one), which wait for the same background build through its files.
 # Its verdicts are built to survive such neighbours (`make stress` runs far more beside every
 # build). The build writes only its own folders (_build/, build/status/), never a file that a
 # notebook under test writes.
@@ -114,16 +115,10 @@ def pytest_sessionstart(session):
     os.environ[BOOK_ENV] = str(BOOK_RUN)        # the workers, started after this, inherit it
 
 
-@pytest.hookimpl(tryfirst=True)     # before xdist reads the groups
 def pytest_collection_modifyitems(session, config, items):
-    """Tests that read the built book run last (stable order otherwise); with workers, each
-    notebook's cells share one (they share its kernel) and the book's tests share one."""
+    """Tests that read the built book run last (stable order otherwise). With workers
+    (`--dist loadfile`), a file's tests share one: a notebook's cells share its kernel."""
     items.sort(key=_needs_book)
-    for item in items:
-        if _needs_book(item):
-            item.add_marker(pytest.mark.xdist_group("book"))
-        elif item.path.suffix == ".ipynb":
-            item.add_marker(pytest.mark.xdist_group(str(item.path.relative_to(BOOK_ROOT))))
 
 
 def pytest_sessionfinish(session, exitstatus):
@@ -147,9 +142,12 @@ def book_build() -> subprocess.CompletedProcess:
         pytest.fail("build/vendor is missing: run `make vendor` (or `make test`) first")
     args = [sys.executable, str(BOOK_ROOT / "scripts" / "build_book.py")]
     run = os.environ.get(BOOK_ENV)
-    if not run:                             # not started in the background: build it now
-        return subprocess.run(args, cwd=BOOK_ROOT, capture_output=True, text=True,
-                              timeout=BOOK_BUILD_TIMEOUT_S, stdin=subprocess.DEVNULL)
+    if not run:         # not started in the background: build it now, one worker at a time
+        BOOK_RUN.parent.mkdir(parents=True, exist_ok=True)
+        with open(BOOK_RUN.parent / "test-session.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)        # a second worker's build is then cached
+            return subprocess.run(args, cwd=BOOK_ROOT, capture_output=True, text=True,
+                                  timeout=BOOK_BUILD_TIMEOUT_S, stdin=subprocess.DEVNULL)
     rc, started = Path(run) / "rc", time.monotonic()
     while not rc.exists():
         if time.monotonic() - started > BOOK_BUILD_TIMEOUT_S:
