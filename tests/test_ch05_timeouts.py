@@ -207,6 +207,11 @@ async def test_deadline_experiment_keeps_every_request_inside_its_deadline(leakc
     assert prop["outcome"].isin(["ok", "HTTP 504", "deadline"]).all()
     assert prop.attrs["still_working_after"] == fixed.attrs["still_working_after"] == 0
     assert fixed["over_ms"].max() > prop["over_ms"].max()
+    # the lag is measured beside the runs as well as before them; the page says "too busy"
+    # from the worse of the two
+    assert r.lag_during is not None and r.lag_during.n > 0
+    assert r.worst_lag.p99_ms == max(r.lag.p99_ms, r.lag_during.p99_ms)
+    assert r.busy == r.worst_lag.busy
 
 
 # -- retries and deadlines (the extension of toylib.resilience.retry) --------------------------------------
