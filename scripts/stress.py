@@ -143,7 +143,7 @@ async def main():
     for name, grade in GRADES:
         report = await grade()
         out[name] = ("done" if report.ok else "not graded" if not report.failures
-                     else "FAILED: " + report.summary().splitlines()[0])
+                     else "FAILED: " + report.summary())     # the whole report: to fix it
     print(json.dumps(out))
 asyncio.run(main())
 """
@@ -152,6 +152,7 @@ asyncio.run(main())
 def lab_references(runs: int) -> dict:
     """Every lab's two correct solutions, graded ``runs`` times under load, a process each."""
     counts: dict[str, dict[str, int]] = {}
+    failed_reports: list[dict] = []
     for i in range(runs):
         proc = subprocess.run([PY, "-c", LAB_SOLUTIONS], cwd=ROOT, capture_output=True,
                               text=True, env=dict(os.environ, TOYLIB_STALLS=STALLS))
@@ -163,9 +164,12 @@ def lab_references(runs: int) -> dict:
             key = grade if not grade.startswith("FAILED") else "failed"
             counts.setdefault(name, {}).setdefault(key, 0)
             counts[name][key] += 1
-        odd = ", ".join(f"{k}: {v}" for k, v in grades.items() if v != "done")
+        odd = ", ".join(f"{k}: {v.splitlines()[0]}" for k, v in grades.items() if v != "done")
+        failures = {k: v for k, v in grades.items() if v.startswith("FAILED")}
+        if failures:
+            failed_reports.append({"run": i + 1, **failures})
         print(f"lab run {i + 1}/{runs} under load: {odd or 'all done'}", flush=True)
-    return {"runs": runs, "grades": counts,
+    return {"runs": runs, "grades": counts, "failed_reports": failed_reports,
             "failed": sum(c.get("failed", 0) for c in counts.values()),
             "not_graded": sum(c.get("not graded", 0) for c in counts.values())}
 

@@ -213,7 +213,9 @@ def timed(runs):
     nothing about the design (its findings say "not shown", tested below)."""
     if runs.too_busy:
         pytest.skip(f"the machine was too busy to time this run (event-loop lag p90 "
-                    f"{runs.lag_ms:.0f} ms > {cascade.lag_limit_ms(runs.knobs):g} ms)")
+                    f"{runs.lag_ms:.0f} ms, limit {cascade.lag_limit_ms(runs.knobs):g} ms; "
+                    f"healthy calls' median {runs.healthy_p50_ms:.0f} ms for a "
+                    f"{runs.knobs.latency_ms:g} ms delay)")
 
 
 def test_without_breakers_the_unaffected_endpoints_fail_too(short_runs):
@@ -294,6 +296,28 @@ def test_a_run_too_busy_to_time_is_not_shown_rather_than_judged(short_runs):
                         "graceful": NOT_SHOWN}
     with pytest.raises(TypeError, match="runs"):
         cascade.findings([short_runs.first("before")])
+
+
+def test_healthy_calls_slowed_by_the_machine_make_a_run_too_busy(short_runs):
+    # A burst of load between two samples of the lag: the lag looks calm, but the healthy
+    # endpoints' calls took many times their delay. The run's own calls say it was too busy.
+    from dataclasses import replace as dc_replace
+
+    def slowed(o):
+        t = o.timeline.copy()
+        t["latency_ms"] = t["latency_ms"] * 10 + 100
+        return dc_replace(o, lag_ms=0.0, timeline=t)
+    slow = cascade.Outages(short_runs.knobs, short_runs.target, {
+        name: [slowed(o) if name == "after" else dc_replace(o, lag_ms=0.0) for o in runs]
+        for name, runs in short_runs.runs.items()}, short_runs.lag)
+    calm = cascade.Outages(short_runs.knobs, short_runs.target, {
+        name: [dc_replace(o, lag_ms=0.0) for o in runs]
+        for name, runs in short_runs.runs.items()}, short_runs.lag)
+    assert slow.too_busy and slow.healthy_p50_ms > 100
+    assert calm.healthy_p50_ms < slow.healthy_p50_ms
+    assert "healthy calls took" in " ".join(f.note for f in cascade.findings(slow))
+    assert {f.verdict for f in cascade.findings(slow)
+            if f.claim.id.endswith(("outages", "crash", "graceful"))} == {NOT_SHOWN}
 
 
 def test_the_cascade_model_and_its_limits():
