@@ -143,7 +143,7 @@ async def main():
     for name, grade in GRADES:
         report = await grade()
         out[name] = ("done" if report.ok else "not graded" if not report.failures
-                     else "FAILED: " + report.summary())     # the whole report, to fix it from
+                     else "FAILED: " + report.summary())     # kept whole: the case to fix
     print(json.dumps(out))
 asyncio.run(main())
 """
