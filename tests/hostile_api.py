@@ -309,6 +309,12 @@ def _core_small():
     entry("calibrate.loop_lag", "core", dict(seconds=0.02, interval=0.005),
           seconds=number(0.01, 30), interval=number(0.0005, 0.02))(
         lambda **kw: calibrate.loop_lag(**kw))
+    @entry("calibrate.lag_during", "core", dict(seconds=0.02), seconds=number(0.01, 3600))
+    async def lag_during(**kw):
+        async with calibrate.lag_during(kw["seconds"]) as beside:
+            pass
+        return beside.lag
+
     entry("calibrate.Stalls", "core", dict(p=0.05, ms=40.0, every_s=0.01, seed=0),
           p=PROB, ms=number(0, 1000), every_s=number(0.001, 10), seed=SEED)(
         lambda **kw: calibrate.Stalls(**kw))

@@ -39,7 +39,7 @@ from toylib.core import deadline as dl
 from toylib.core import load
 from toylib.core import validate as v
 from toylib.chapters.design import knobs_or_default
-from toylib.core.calibrate import LoopLag, loop_lag
+from toylib.core.calibrate import LoopLag, lag_during, loop_lag
 from toylib.core.clock import now
 from toylib.core.faults import Error, Hang, Latency
 from toylib.core.services import CallError, Node, Service, Store, Topology
@@ -673,15 +673,10 @@ async def deadlines(knobs: Knobs | None = None, *, deadline_ms: float = 250.0, n
     lag = await calibrate()
     runs, during = {}, []
     for name, propagate in (("per-call timeouts only", False), ("deadline propagated", True)):
-        beside = asyncio.ensure_future(loop_lag(min(30.0, n / rate + deadline_ms / 1000)))
-        try:
+        async with lag_during(n / rate + deadline_ms / 1000) as beside:
             runs[name] = await _deadline_run(k, deadline_ms=deadline_ms, propagate=propagate,
                                              n=n, rate=rate)
-        except BaseException:
-            beside.cancel()
-            await asyncio.gather(beside, return_exceptions=True)
-            raise
-        during.append(await beside)
+        during.append(beside.lag)
     return Deadlines(deadline_ms, lag, runs, max(during, key=lambda x: x.p99_ms))
 
 

@@ -17,6 +17,7 @@ import asyncio
 import os
 import random
 import time
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from toylib.core import validate as v
@@ -69,6 +70,33 @@ async def loop_lag(seconds: float = 0.25, interval: float = 0.005) -> LoopLag:
     def q(p: float) -> float:
         return late[min(len(late) - 1, int(p * len(late)))]
     return LoopLag(len(late), q(0.5), q(0.99), late[-1])
+
+
+class LagBeside:
+    """What :func:`lag_during` measured: ``.lag`` once its block is done."""
+    lag: LoopLag | None = None
+
+    @property
+    def p99_ms(self) -> float:
+        return self.lag.p99_ms if self.lag is not None else float("nan")
+
+
+@asynccontextmanager
+async def lag_during(seconds: float):
+    """The event loop's lateness measured beside the block (a calibration in the same run),
+    for about ``seconds`` (at most 30): ``.lag`` and ``.p99_ms`` once the block is done. A busy
+    machine shows here, in the very trial it spoils, so a verdict can say "not shown by this
+    run" rather than be wrong."""
+    v.number("seconds", seconds, low=0.01, high=3600)
+    box = LagBeside()
+    task = asyncio.ensure_future(loop_lag(max(0.05, min(seconds, 30))))
+    try:
+        yield box
+    except BaseException:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        raise
+    box.lag = await task
 
 
 class Stalls:

@@ -20,7 +20,7 @@ from toylib.chapters.ch03_shared_db.knobs import (SERVICES, knobs_or_default, or
                                                   within_budget)
 from toylib.chapters.ch03_shared_db.models import MAX_WRITERS, ideal_contention
 from toylib.core import validate as v
-from toylib.core.calibrate import BUSY_P99_MS, loop_lag
+from toylib.core.calibrate import BUSY_P99_MS, lag_during
 from toylib.core.clock import now
 
 OWN_WRITE = {   # each service's everyday write, self-contained (no other team's data needed)
@@ -97,26 +97,6 @@ async def write_burst(d: ShopDesign, *, writers: int, seconds: float = 0.5,
     df.attrs["elapsed_s"] = df.end.max() - start
     df.attrs["lag_p99_ms"] = lag.p99_ms
     return df
-
-
-class LagBox:
-    p99_ms = float("nan")
-
-
-@asynccontextmanager
-async def lag_during(seconds: float):
-    """The event loop's lateness measured beside the block (a calibration in the same run):
-    ``.p99_ms`` once the block is done. A busy machine shows here, in the very trial it
-    spoils, so a verdict can say "not shown by this run" rather than be wrong."""
-    box = LagBox()
-    task = asyncio.ensure_future(loop_lag(max(0.05, min(seconds, 30))))
-    try:
-        yield box
-    except BaseException:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        raise
-    box.p99_ms = (await task).p99_ms
 
 
 MIN_CALM = 2     # trials the machine could time, at least, behind a timing verdict

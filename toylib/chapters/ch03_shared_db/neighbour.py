@@ -12,12 +12,12 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from toylib.chapters.ch03_shared_db.contention import (enough_calm, lag_during, reports_running,
-                                                      writer)
+from toylib.chapters.ch03_shared_db.contention import enough_calm, reports_running, writer
 from toylib.chapters.ch03_shared_db.designs import (DatabasePerService, SharedDatabase,
                                                     ShopDesign, require_running)
 from toylib.chapters.ch03_shared_db.knobs import knobs_or_default, order_for, within_budget
 from toylib.core import validate as v
+from toylib.core.calibrate import lag_during
 from toylib.core.clock import now
 
 # label -> (design, journal in WAL mode, analysts running the report)

@@ -11,11 +11,12 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from toylib.chapters.ch03_shared_db.contention import counts, enough_calm, lag_during, writer
+from toylib.chapters.ch03_shared_db.contention import counts, enough_calm, writer
 from toylib.chapters.ch03_shared_db.designs import DESIGNS, ShopDesign, require_running
 from toylib.chapters.ch03_shared_db.knobs import SERVICES, knobs_or_default, within_budget
 from toylib.chapters.ch03_shared_db.models import ideal_scaling
 from toylib.core import validate as v
+from toylib.core.calibrate import lag_during
 from toylib.core.clock import now
 from toylib.core.faults import Latency
 

@@ -13,11 +13,12 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from toylib.chapters.ch03_shared_db.contention import counts, lag_during
+from toylib.chapters.ch03_shared_db.contention import counts
 from toylib.chapters.ch03_shared_db.designs import DatabasePerService, require_running
 from toylib.chapters.ch03_shared_db.knobs import knobs_or_default, order_for, within_budget
 from toylib.chapters.ch03_shared_db.models import ideal_staleness
 from toylib.core import validate as v
+from toylib.core.calibrate import lag_during
 from toylib.core.load import open_loop
 
 
