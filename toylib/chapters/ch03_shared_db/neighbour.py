@@ -57,7 +57,7 @@ async def orders_beside_reports(d: ShopDesign, *, analysts: int,
 
 @dataclass
 class NeighbourResult:
-    rows: pd.DataFrame      # set-up, trial, reports, orders ok, orders/s and per report, p50/p90/max ms
+    rows: pd.DataFrame   # set-up, trial, reports, orders ok, per s and per report, p50/p90/max
     latencies: dict[str, pd.Series]      # set-up -> every ok order's latency, all trials
 
     def trials(self, setup: str, column: str = "orders/s") -> list[float]:
