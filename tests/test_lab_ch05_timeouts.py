@@ -262,10 +262,21 @@ async def test_lab5_replays_one_case():
 async def test_lab5_too_busy_is_not_a_failure(monkeypatch):
     """A timing failure while the event loop was too late to time it is 'not graded'."""
     monkeypatch.setattr(timeouts_lab, "BUSY_LAG", 0.0)     # any lateness counts as too busy
+    monkeypatch.setattr(timeouts_lab, "BUSY_PAUSE_S", 0.01)
+    runs = []
+    real_run_case = timeouts_lab._run_case
+
+    async def counted(solution, case):
+        runs.append(case.name)
+        return await real_run_case(solution, case)
+
+    monkeypatch.setattr(timeouts_lab, "_run_case", counted)
     solution = {**REFERENCE, "choose_policy": choose_variant(lambda p, lat: {"attempts": 1})}
     report = await timeouts_lab.check(**solution, only="errors")
     assert report.busy and not report.failures and not report.ok
     assert "too busy" in report.summary()
+    # busy runs do not use up the timed runs: the case waited for a calm one, up to its patience
+    assert len(runs) == timeouts_lab.BUSY_RUNS
     # counts are never excused: a missing budget fails however busy the machine
     solution, _ = WRONG["retries with no budget"]
     report = await timeouts_lab.check(**solution, only="outage")
