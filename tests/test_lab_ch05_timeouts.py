@@ -281,6 +281,10 @@ async def test_lab5_too_busy_is_not_a_failure(monkeypatch):
     solution, _ = WRONG["retries with no budget"]
     report = await timeouts_lab.check(**solution, only="outage")
     assert report.failures and not report.busy
+    # nor is a call that started in time and never timed out (no busy machine does that)
+    solution, says = WRONG["no timeout, no deadline, no retry"]
+    report = await timeouts_lab.check(**solution, only="hangs")
+    assert report.failures and not report.busy and says in report.first_failure.message
 
 
 async def test_lab5_calibrates_in_every_case(monkeypatch):

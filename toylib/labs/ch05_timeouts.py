@@ -576,11 +576,13 @@ def _judge(run: Run, case: Case) -> _Verdict | None:
                    "a timeout?")
         # A right solution misses twice the bound only on a machine too busy to time it: a
         # loop late by half the bound at once, or slow throughout (requests queue up before
-        # their first call); such a run is timed again rather than failed.
+        # their first call, or their attempts run late); such a run is timed again rather
+        # than failed. A call that started in time and never timed out is no machine's doing.
+        slow = bool(waited) or bool(hung and all(r["timed out"] for r in hung))
         return _Verdict(
             f"{run.hung} of {run.n} requests got no answer before the client gave up "
             f"({CLIENT_GIVES_UP:.0f}x the bound): {why} {figures}",
-            run.lag_max_ms > prof.bound_ms / 2 or bool(_too_busy(run, case)),
+            run.lag_max_ms > prof.bound_ms / 2 or (slow and bool(_too_busy(run, case))),
             hung[0]["trace"] if hung else None)
     if p99 > LATENCY_MARGIN:
         slowest = max(hist, key=lambda r: r["latency ms"])["trace"] if hist else None
