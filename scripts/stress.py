@@ -228,6 +228,8 @@ def main(argv=None) -> int:
         try:
             with bursty_load(site, saturate=args.saturate) as n:
                 ok, took, verdicts, tail = build(where, stalls=True)
+            if not ok:      # the failed notebooks' tracebacks: the case to fix
+                keep_reports(where, REPORT.parent / f"run-{i + 1}-reports")
         finally:
             shutil.rmtree(where.parent, ignore_errors=True)
         flipped, withheld = compare(quiet, verdicts)
@@ -251,6 +253,14 @@ def main(argv=None) -> int:
     print(f"\nstress: {args.runs} builds under load, {failures} failed, {flips} verdicts "
           f"flipped, {held} withheld; report in build/stress/report.json")
     return 1 if failures or flips or report.get("labs", {}).get("failed") else 0
+
+
+def keep_reports(where: Path, dst: Path) -> None:
+    """Copy a failed build's notebook tracebacks (``*.err.log``) out of its scratch copy."""
+    shutil.rmtree(dst, ignore_errors=True)
+    for log in sorted((where / "_build").rglob("*.err.log")):
+        dst.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(log, dst / log.name)
 
 
 def write(report: dict) -> None:
