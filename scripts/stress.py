@@ -6,7 +6,8 @@ it, and compares each run's verdicts (``audit.json``, written by chapter 7) with
 build's. Under the same load it grades every lab's two correct solutions ``--lab-runs`` times.
 
 The load is what failed builds before, each kind in bursts with pauses between (as a laptop
-doing other things is): programs starting up, a headless browser rendering pages, a second run
+doing other things is; a pause lasts 4-14 s plus the burst's own length, so a slower machine
+gets the same share of busy time rather than a saturating load): programs starting up, a headless browser rendering pages, a second run
 of the course's own notebooks, a package install; plus the event-loop stalls ``TOYLIB_STALLS``
 injects into every kernel (see toylib.core.calibrate). ``--saturate`` drops the pauses: every
 kind back to back, both cores oversubscribed several times over for the whole build.
@@ -71,7 +72,7 @@ def build(where: Path, *, stalls: bool) -> tuple[bool, float, dict, str]:
 
 
 # Each kind of load: one burst of it (a shell command). Between bursts a loop pauses PAUSE_S
-# seconds (random, from $RANDOM) unless --saturate.
+# seconds (random, from $RANDOM) plus the burst's own length, unless --saturate.
 PAUSE_S = (4, 14)
 
 
@@ -100,8 +101,10 @@ def bursty_load(site: Path | None, *, saturate: bool = False):
     """Start the load beside a build; stop all of it (every process group) when the block
     ends, however it ends."""
     low, high = PAUSE_S
-    pause = "" if saturate else f"; sleep $(( RANDOM % {high - low + 1} + {low} ))"
-    procs = [subprocess.Popen(["bash", "-c", f"while :; do {kind}{pause}; done"],
+    # the pause also lasts as long as the burst did, so a slower machine (where every burst
+    # takes longer) gets the same share of busy time, not a saturating load
+    pause = "" if saturate else f"; sleep $(( RANDOM % {high - low + 1} + {low} + SECONDS - t0 ))"
+    procs = [subprocess.Popen(["bash", "-c", f"while :; do t0=$SECONDS; {kind}{pause}; done"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               start_new_session=True)
              for kind in load_kinds(site)]
@@ -201,7 +204,8 @@ def main(argv=None) -> int:
         ap.error("--runs must be 0..50 and --lab-runs 0..100")
     signal.signal(signal.SIGTERM, _stop)
     report: dict = {"runs": [], "stalls": STALLS,
-                    "load": "saturating" if args.saturate else f"bursty, pauses {PAUSE_S} s"}
+                    "load": "saturating" if args.saturate else
+                    f"bursty, pauses {PAUSE_S} s + the burst's length"}
     if args.no_quiet:
         base_file = ROOT / "_build" / "html" / "audit.json"
         quiet = {r["id"]: r["verdict"] for r in json.loads(base_file.read_text())} \
