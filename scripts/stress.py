@@ -145,7 +145,9 @@ async def main():
     out = {}
     for name, grade in GRADES:
         report = await grade()
-        out[name] = ("done" if report.ok else "not graded" if not report.failures
+        out[name] = ("done" if report.ok else
+                     "not graded: " + ", ".join(o.case.name for o in report.busy)
+                     if not report.failures
                      else "FAILED: " + report.summary())     # kept whole: the case to fix
     print(json.dumps(out))
 asyncio.run(main())
@@ -156,6 +158,7 @@ def lab_references(runs: int) -> dict:
     """Every lab's two correct solutions, graded ``runs`` times under load, a process each."""
     counts: dict[str, dict[str, int]] = {}
     failed_reports: list[dict] = []
+    busy_cases: dict[str, list[str]] = {}
     for i in range(runs):
         proc = subprocess.run([PY, "-c", LAB_SOLUTIONS], cwd=ROOT, capture_output=True,
                               text=True, env=dict(os.environ, TOYLIB_STALLS=STALLS))
@@ -164,15 +167,19 @@ def lab_references(runs: int) -> dict:
         except (IndexError, ValueError):
             grades = {"grading process": f"FAILED: exit {proc.returncode} {proc.stderr[-500:]}"}
         for name, grade in grades.items():
-            key = grade if not grade.startswith("FAILED") else "failed"
+            key = ("failed" if grade.startswith("FAILED") else
+                   "not graded" if grade.startswith("not graded") else grade)
             counts.setdefault(name, {}).setdefault(key, 0)
             counts[name][key] += 1
+            if key == "not graded":       # which cases the machine was too busy to time
+                busy_cases.setdefault(name, []).append(grade.split(": ", 1)[1])
         odd = ", ".join(f"{k}: {v.splitlines()[0]}" for k, v in grades.items() if v != "done")
         failures = {k: v for k, v in grades.items() if v.startswith("FAILED")}
         if failures:
             failed_reports.append({"run": i + 1, **failures})
         print(f"lab run {i + 1}/{runs} under load: {odd or 'all done'}", flush=True)
     return {"runs": runs, "grades": counts, "failed_reports": failed_reports,
+            "not_graded_cases": busy_cases,
             "failed": sum(c.get("failed", 0) for c in counts.values()),
             "not_graded": sum(c.get("not graded", 0) for c in counts.values())}
 
