@@ -48,7 +48,7 @@ test: setup
 test-fast: setup
 	$(BIN)/python -m pytest -m "not book and not browser" tests/
 
-# Verdicts and lab grades under a bursty load beside fresh builds (an hour or more; not in `make test`).
+# Verdicts and lab grades under a bursty load beside fresh builds (1.5-3 hours; not in `make test`).
 stress: setup vendor
 	$(BIN)/python scripts/stress.py --runs 5 --lab-runs 10
 
