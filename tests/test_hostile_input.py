@@ -183,11 +183,12 @@ async def yields(i):
 
 async def test_closed_loop_stops_at_max_seconds_when_fn_never_awaits(leakcheck):
     t0 = now()
-    res = await load.closed_loop(never_awaits, n=300_000, concurrency=2, max_seconds=0.05)
+    res = await load.closed_loop(never_awaits, n=1_000_000, concurrency=2, max_seconds=0.05)
     elapsed = now() - t0
-    # The bound is kept to within one request and the DataFrame's construction.
-    assert len(res.df) < 300_000
-    assert elapsed < 0.05 + 0.5, elapsed
+    # The bound is kept to within one request and the DataFrame's construction, which on a
+    # busy machine took 0.88 s for what 0.05 s had done (a run to n takes several seconds).
+    assert len(res.df) < 1_000_000
+    assert elapsed < 0.05 + 2.0, elapsed
 
 
 async def test_open_loop_stops_at_max_seconds_when_fn_never_awaits(leakcheck):
