@@ -7,10 +7,11 @@ build's. Under the same load it grades every lab's two correct solutions ``--lab
 
 The load is what failed builds before, each kind in bursts with pauses between (as a laptop
 doing other things is; a pause lasts 4-14 s plus the burst's own length, so a slower machine
-gets the same share of busy time rather than a saturating load): programs starting up, a headless browser rendering pages, a second run
-of the course's own notebooks, a package install; plus the event-loop stalls ``TOYLIB_STALLS``
-injects into every kernel (see toylib.core.calibrate). ``--saturate`` drops the pauses: every
-kind back to back, both cores oversubscribed several times over for the whole build.
+gets the same share of busy time rather than a saturating load): programs starting up, a
+headless browser rendering pages, a second run of the course's own notebooks, a package
+install; plus the event-loop stalls ``TOYLIB_STALLS`` injects into every kernel (see
+toylib.core.calibrate). ``--saturate`` drops the pauses: every kind back to back, both cores
+oversubscribed several times over for the whole build.
 
 A verdict that differs from the quiet build's is counted in one of two ways: *flipped* (one
 decided verdict became another: holds, holds under stated assumptions, does not hold here) is
@@ -103,7 +104,8 @@ def bursty_load(site: Path | None, *, saturate: bool = False):
     low, high = PAUSE_S
     # the pause also lasts as long as the burst did, so a slower machine (where every burst
     # takes longer) gets the same share of busy time, not a saturating load
-    pause = "" if saturate else f"; sleep $(( RANDOM % {high - low + 1} + {low} + SECONDS - t0 ))"
+    pause = "" if saturate else \
+        f"; sleep $(( RANDOM % {high - low + 1} + {low} + SECONDS - t0 ))"
     procs = [subprocess.Popen(["bash", "-c", f"while :; do t0=$SECONDS; {kind}{pause}; done"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               start_new_session=True)

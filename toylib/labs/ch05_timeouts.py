@@ -39,11 +39,14 @@ call that bypasses ``service.call`` is caught). A case passes when
 each case, in the same topology, just before its faults start (not once per process: a burst
 of load during one sample would skew every later case). The event loop's lateness is sampled
 for the whole case. A case that fails on a timing criterion (latency, deadline, success
-floor) is run again, with a fresh calibration, before it fails; one that failed only in runs
-where the loop was late by more than a tenth of the bound, or where healthy calls took more
-than a quarter longer than the injected delay, is reported as "not graded: the machine was too
-busy", never as the solution's fault. Counts (calls reaching the dependency, retries after "overloaded",
-untraced calls, unanswered requests) fail at once: a busy machine cannot raise them.
+floor, or requests that queued or timed out until the client gave up, in a run too busy to
+time) is run again, with a fresh calibration, before it fails. A run where the loop was late
+by more than a tenth of the bound, or where healthy calls took more than a quarter longer than
+the injected delay, is too busy to time: the case pauses and runs again, and one that only
+failed in such runs is reported as "not graded: the machine was too busy", never as the
+solution's fault. Counts (calls reaching the dependency, retries after "overloaded", untraced
+calls, a call that started in time and never timed out) fail at once: a busy machine cannot
+raise them.
 
 Backoff jitter is not graded: with at most a few tries inside the bound, retries in lockstep
 do no measurable harm here (chapter 5's Experiment 4 shows where they do), so a checker that
