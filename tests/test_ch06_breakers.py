@@ -100,7 +100,8 @@ def test_bad_design_arguments_name_the_parameter(call, param):
 
 @pytest.mark.parametrize("kwargs, param", [
     ({"target": "database"}, "target"), ({"reps": 0}, "reps"), ({"reps": 10**6}, "reps"),
-    ({"reps": NAN}, "reps"), ({"knobs": "fast"}, "knobs"),
+    ({"reps": NAN}, "reps"), ({"knobs": "fast"}, "knobs"), ({"reruns": -1}, "reruns"),
+    ({"reruns": 1.5}, "reruns"), ({"reruns": 11}, "reruns"),
 ])
 async def test_bad_experiment_arguments_name_the_parameter(kwargs, param, leakcheck):
     with pytest.raises((ValueError, TypeError), match=param):
@@ -318,6 +319,18 @@ def test_healthy_calls_slowed_by_the_machine_make_a_run_too_busy(short_runs):
     assert "healthy calls took" in " ".join(f.note for f in cascade.findings(slow))
     assert {f.verdict for f in cascade.findings(slow)
             if f.claim.id.endswith(("outages", "crash", "graceful"))} == {NOT_SHOWN}
+
+
+async def test_a_repetition_too_busy_to_time_is_run_again(monkeypatch, leakcheck):
+    # Every run looks too busy (a lag limit of 0 ms): the repetition is run again, once, then
+    # kept, and its timing-decided verdicts say "not shown", with the reruns in the note.
+    monkeypatch.setattr(cascade, "lag_limit_ms", lambda k: 0.0)
+    monkeypatch.setattr(cascade, "BUSY_PAUSE_S", 0.0)
+    runs = await cascade.outage(SHORT, reps=1, reruns=1)
+    assert runs.rerun == 1 and runs.reps == 1 and runs.too_busy
+    found = {f.claim.id.split(".")[1]: f for f in cascade.findings(runs)}
+    assert found["graceful"].verdict == NOT_SHOWN and found["blocked"].verdict == HOLDS
+    assert "1 repetition(s) run again" in found["graceful"].note
 
 
 def test_the_cascade_model_and_its_limits():
