@@ -43,7 +43,8 @@ floor, or requests that queued or timed out until the client gave up, in a run t
 time) is run again, with a fresh calibration, before it fails. A run where the loop was late
 by more than a tenth of the bound, or where healthy calls took more than a quarter longer than
 the injected delay, is too busy to time: the case pauses and runs again, and one that only
-failed in such runs is reported as "not graded: the machine was too busy", never as the
+failed in such runs gets a second chance once the other cases have run (grading.grade); if it is
+still too busy it is reported as "not graded: the machine was too busy", never as the
 solution's fault. Counts (calls reaching the dependency, retries after "overloaded", untraced
 calls, a call that started in time and never timed out) fail at once: a busy machine cannot
 raise them.

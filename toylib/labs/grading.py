@@ -18,8 +18,9 @@ What a report says (the same for every lab):
 * for a failure, the *smallest* failing case (cases run in size order), its message, the
   history around the point where the solution parted from what was expected (``detail``), and
   one line that replays it alone (``replay``; by default ``await check(..., only=<case>)``);
-* cases the machine was too busy to grade (the checker raised :class:`TooBusy`) are counted
-  apart and named: the student is told to rerun, not that the solution is wrong.
+* cases the machine was too busy to grade (the checker raised :class:`TooBusy`) get a second
+  chance once the others have run (a burst of load is over by then); those still too busy are
+  counted apart and named: the student is told to rerun, not that the solution is wrong.
 
 Helpers a checker may use:
 
@@ -48,6 +49,7 @@ from dataclasses import dataclass, field
 from toylib.core import validate as v
 
 CASE_TIMEOUT_S = 5.0   # every case finishes in well under a second when right
+BUSY_AGAIN_S = 2.0     # pause before the second chance of the cases the machine was too busy for
 SHRINK_TRIES = 5000    # predicate evaluations a shrink may spend (each replays a short trace)
 
 
@@ -162,7 +164,8 @@ class Report:
 
 async def grade(lab: str, cases: list[Case], run_case, solution, *, only: str | None = None,
                 stop_after: int | None = None, timeout: float = CASE_TIMEOUT_S,
-                attempts: int = 2, replay: str | None = None) -> Report:
+                attempts: int = 2, replay: str | None = None,
+                busy_again_s: float = BUSY_AGAIN_S) -> Report:
     """Run ``await run_case(solution, case)`` for each case (smallest first) and report.
 
     ``only`` replays one case by name; ``stop_after`` stops after that many failures (the
@@ -170,6 +173,11 @@ async def grade(lab: str, cases: list[Case], run_case, solution, *, only: str | 
     ``timing`` is run up to ``attempts`` times in all before it counts as failed. ``replay`` is
     the report's replay line with ``{name}`` for the case (default ``await check(...,
     only=<name>)``).
+
+    A case the machine was too busy to grade (:class:`TooBusy`) is run once more after the
+    others, ``busy_again_s`` seconds after they finish: load comes in bursts (a program
+    starting, an install), and the second chance usually lands after the burst. Its outcome
+    then replaces the first, whatever it is: a run the machine could time is the one to trust.
     """
     if not cases:
         raise ValueError("cases must not be empty")
@@ -178,26 +186,36 @@ async def grade(lab: str, cases: list[Case], run_case, solution, *, only: str | 
     v.number("timeout", timeout, low=0, low_open=True, high=600)
     v.optional(v.number, "stop_after", stop_after, low=1, high=10**6, integer=True)
     v.number("attempts", attempts, low=1, high=10, integer=True)
+    v.number("busy_again_s", busy_again_s, low=0, high=60)
     if replay is not None and (not isinstance(replay, str) or "{name" not in replay):
         raise ValueError(f"replay must be a line with {{name}} in it; got {replay!r}")
     names = [c.name for c in cases]
     if only is not None:
         v.one_of("only", only, names)
     outcomes, failures = [], 0
-    for case in sorted(cases, key=lambda c: (c.size, c.name)):
-        if only is not None and case.name != only:
-            continue
+
+    async def run(case: Case, done: int = 0) -> Outcome:
         tries = attempts if case.timing else 1
-        for attempt in range(1, tries + 1):
+        for attempt in range(done + 1, done + tries + 1):
             outcome = await _run_one(run_case, solution, case, timeout)
             outcome.attempts = attempt
             if outcome.passed or outcome.busy:
                 break
-        outcomes.append(outcome)
-        if not outcome.passed and not outcome.busy:
+        return outcome
+
+    for case in sorted(cases, key=lambda c: (c.size, c.name)):
+        if only is not None and case.name != only:
+            continue
+        outcomes.append(await run(case))
+        if not outcomes[-1].passed and not outcomes[-1].busy:
             failures += 1
             if stop_after is not None and failures >= stop_after:
                 break
+    busy = [i for i, o in enumerate(outcomes) if o.busy]
+    if busy and not (stop_after is not None and failures >= stop_after):
+        await asyncio.sleep(busy_again_s)      # let the burst of load pass
+        for i in busy:
+            outcomes[i] = await run(outcomes[i].case, outcomes[i].attempts)
     return Report(lab, outcomes, **({"replay_template": replay} if replay else {}))
 
 
