@@ -242,6 +242,26 @@ def test_the_payment_breaker_opens_during_the_outage_and_closes_after(short_runs
     assert short_runs.first("before").transitions() == ["closed"]      # no breaker, no events
 
 
+def test_open_during_outage_counts_a_breaker_already_open_when_it_began(short_runs):
+    """The notebook's fact: open at some moment of the outage, however it got there."""
+    after = short_runs.first("after")
+    start, end = SHORT.outage_start, SHORT.outage_end
+
+    def with_events(*rows):
+        ev = pd.DataFrame([{"t_s": t, "breaker": "payment", "kind": "state_transition",
+                            "state": st, "from_state": None} for t, st in rows],
+                          columns=after.breaker_events.columns)
+        return replace(after, breaker_events=ev)
+    assert with_events((start + 0.1, "open")).open_during_outage("payment")
+    # opened a little early (a busy machine's slow calls), still open when the outage began
+    assert with_events((start - 0.1, "open")).open_during_outage("payment")
+    # open and closed again before it began, or opened only after it ended: not protected
+    assert not with_events((start - 0.3, "open"), (start - 0.2, "half_open"),
+                           (start - 0.1, "closed")).open_during_outage("payment")
+    assert not with_events((end + 0.1, "open")).open_during_outage("payment")
+    assert not with_events().open_during_outage("payment")
+
+
 def test_the_callers_spend_far_less_time_on_the_failing_service_with_a_breaker(short_runs):
     timed(short_runs)     # on a starved machine the healthy calls time out and other breakers open
     before, after = short_runs.first("before"), short_runs.first("after")
@@ -287,9 +307,8 @@ def test_the_claims_are_declared_once_and_judged_from_the_runs(short_runs):
 
 
 def test_a_run_too_busy_to_time_is_not_shown_rather_than_judged(short_runs):
-    from dataclasses import replace as dc_replace
     stalled = cascade.Outages(short_runs.knobs, short_runs.target, {
-        name: [dc_replace(o, lag_ms=cascade.lag_limit_ms(SHORT) + 1) for o in runs]
+        name: [replace(o, lag_ms=cascade.lag_limit_ms(SHORT) + 1) for o in runs]
         for name, runs in short_runs.runs.items()}, short_runs.lag)
     assert stalled.too_busy
     verdicts = {f.claim.id.split(".")[1]: f.verdict for f in cascade.findings(stalled)}
@@ -302,17 +321,16 @@ def test_a_run_too_busy_to_time_is_not_shown_rather_than_judged(short_runs):
 def test_healthy_calls_slowed_by_the_machine_make_a_run_too_busy(short_runs):
     # A burst of load between two samples of the lag: the lag looks calm, but the healthy
     # endpoints' calls took many times their delay. The run's own calls say it was too busy.
-    from dataclasses import replace as dc_replace
 
     def slowed(o):
         t = o.timeline.copy()
         t["latency_ms"] = t["latency_ms"] * 10 + 100
-        return dc_replace(o, lag_ms=0.0, timeline=t)
+        return replace(o, lag_ms=0.0, timeline=t)
     slow = cascade.Outages(short_runs.knobs, short_runs.target, {
-        name: [slowed(o) if name == "after" else dc_replace(o, lag_ms=0.0) for o in runs]
+        name: [slowed(o) if name == "after" else replace(o, lag_ms=0.0) for o in runs]
         for name, runs in short_runs.runs.items()}, short_runs.lag)
     calm = cascade.Outages(short_runs.knobs, short_runs.target, {
-        name: [dc_replace(o, lag_ms=0.0) for o in runs]
+        name: [replace(o, lag_ms=0.0) for o in runs]
         for name, runs in short_runs.runs.items()}, short_runs.lag)
     assert slow.too_busy and slow.healthy_p50_ms > 100
     assert calm.healthy_p50_ms < slow.healthy_p50_ms

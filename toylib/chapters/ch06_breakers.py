@@ -403,6 +403,21 @@ class Outage:
         ev = ev[(ev["breaker"] == breaker) & (ev["kind"] == "state_transition")]
         return ["closed"] + list(ev["state"])
 
+    def open_during_outage(self, breaker: str | None = None) -> bool:
+        """Was the breaker open at some moment of the outage: already open when it began, or
+        opened during it? (On a busy machine, calls slowed by the machine can open it a little
+        before the outage; it is still open, or opens again, while the outage lasts.)"""
+        breaker = breaker or self.target
+        k, ev = self.knobs, self.breaker_events
+        if ev.empty:
+            return False
+        ev = ev[(ev["breaker"] == breaker) & (ev["kind"] == "state_transition")]
+        before = ev[ev["t_s"] < k.outage_start]
+        if len(before) and before["state"].iloc[-1] == "open":
+            return True
+        during = ev[(ev["t_s"] >= k.outage_start) & (ev["t_s"] < k.outage_end)]
+        return bool((during["state"] == "open").any())
+
     @property
     def peak_busy(self) -> int:
         return int(self.busy["busy"].max()) if len(self.busy) else 0
