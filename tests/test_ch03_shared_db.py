@@ -559,12 +559,23 @@ async def test_extra_trials_run_only_while_the_machine_was_too_busy(machine_calm
     # depend on how busy this machine is. Calm: the 2 planned rounds suffice; busy: all 2 + 2.
     monkeypatch.setattr(sys.modules["toylib.chapters.ch03_shared_db.contention"], "calm",
                         lambda lag: machine_calm)    # (the package names a function contention)
+    # each extra round waits EXTRA_PAUSE_S first, so a burst of load can pass
+    pauses, real_sleep = [], asyncio.sleep
+
+    async def sleep(s, *a, **kw):
+        if s == 0.02:
+            pauses.append(s)
+        return await real_sleep(0 if s == 0.02 else s, *a, **kw)
+    for mod in ("scaling", "neighbour"):
+        m = sys.modules[f"toylib.chapters.ch03_shared_db.{mod}"]
+        monkeypatch.setattr(m, "EXTRA_PAUSE_S", 0.02)
+        monkeypatch.setattr(m.asyncio, "sleep", sleep)
     s = await sd.scaling(Knobs(hold_ms=5), workers=(1,), seconds=0.05, work_ms=0,
                          trials=2, extra_trials=2)
-    assert s.rows.trial.nunique() == rounds
+    assert s.rows.trial.nunique() == rounds and len(pauses) == rounds - 2
     n = await sd.noisy_neighbour(Knobs(hold_ms=5, history=MIN_HISTORY), seconds=0.1,
                                  trials=2, extra_trials=2, setups=("per service",))
-    assert n.rows.trial.nunique() == rounds
+    assert n.rows.trial.nunique() == rounds and len(pauses) == 2 * (rounds - 2)
 
 
 @pytest.mark.parametrize("bad", [-1, 21, 1.5, float("nan")])

@@ -100,6 +100,7 @@ async def write_burst(d: ShopDesign, *, writers: int, seconds: float = 0.5,
 
 
 MIN_CALM = 2     # trials the machine could time, at least, behind a timing verdict
+EXTRA_PAUSE_S = 1.0   # before an extra round: a burst of load (a program starting) often ends
 
 
 def calm(lag_p99_ms: float) -> bool:
@@ -111,8 +112,10 @@ def enough_calm(rows: list[dict], by: tuple[str, ...]) -> bool:
     """Has every set-up (rows with the same values of ``by``) :data:`MIN_CALM` calm trials?
 
     The experiments with ``extra_trials`` run more interleaved rounds only while this is
-    false: a burst of load spoils a trial or two and the next calm ones replace them, while a
-    machine busy throughout still ends with "not shown by this run" (bounded rounds)."""
+    false, each after a pause of :data:`EXTRA_PAUSE_S` (back to back, every round could land
+    in the same burst): a burst of load spoils a trial or two and the next calm ones replace
+    them, while a machine busy throughout still ends with "not shown by this run" (bounded
+    rounds)."""
     calm_per: dict[tuple, int] = {}
     for r in rows:
         key = tuple(r[k] for k in by)
