@@ -566,10 +566,9 @@ async def test_extra_trials_run_only_while_the_machine_was_too_busy(machine_calm
         if s == 0.02:
             pauses.append(s)
         return await real_sleep(0 if s == 0.02 else s, *a, **kw)
-    for mod in ("scaling", "neighbour"):
-        m = sys.modules[f"toylib.chapters.ch03_shared_db.{mod}"]
-        monkeypatch.setattr(m, "EXTRA_PAUSE_S", 0.02)
-        monkeypatch.setattr(m.asyncio, "sleep", sleep)
+    contention = sys.modules["toylib.chapters.ch03_shared_db.contention"]
+    monkeypatch.setattr(contention, "EXTRA_PAUSE_S", 0.02)
+    monkeypatch.setattr(contention.asyncio, "sleep", sleep)
     s = await sd.scaling(Knobs(hold_ms=5), workers=(1,), seconds=0.05, work_ms=0,
                          trials=2, extra_trials=2)
     assert s.rows.trial.nunique() == rounds and len(pauses) == rounds - 2

@@ -203,16 +203,18 @@ async def grade(lab: str, cases: list[Case], run_case, solution, *, only: str | 
                 break
         return outcome
 
+    stopped = False
     for case in sorted(cases, key=lambda c: (c.size, c.name)):
         if only is not None and case.name != only:
             continue
         outcomes.append(await run(case))
         if not outcomes[-1].passed and not outcomes[-1].busy:
             failures += 1
-            if stop_after is not None and failures >= stop_after:
+            stopped = stop_after is not None and failures >= stop_after
+            if stopped:
                 break
     busy = [i for i, o in enumerate(outcomes) if o.busy]
-    if busy and not (stop_after is not None and failures >= stop_after):
+    if busy and not stopped:
         await asyncio.sleep(busy_again_s)      # let the burst of load pass
         for i in busy:
             outcomes[i] = await run(outcomes[i].case, outcomes[i].attempts)

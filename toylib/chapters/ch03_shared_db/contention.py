@@ -123,6 +123,17 @@ def enough_calm(rows: list[dict], by: tuple[str, ...]) -> bool:
     return bool(calm_per) and all(n >= MIN_CALM for n in calm_per.values())
 
 
+async def another_round(rows: list[dict], by: tuple[str, ...], trial: int, trials: int) -> bool:
+    """Run round ``trial`` (0-based)? The ``trials`` planned ones always; an extra one only
+    while :func:`enough_calm` is false, and after a pause of :data:`EXTRA_PAUSE_S`."""
+    if trial < trials:
+        return True
+    if enough_calm(rows, by):
+        return False
+    await asyncio.sleep(EXTRA_PAUSE_S)
+    return True
+
+
 def write_summary(df: pd.DataFrame) -> dict:
     """Throughput (ok writes/s), mean/p50/p99 latency, failures, and fairness of one run."""
     if not isinstance(df, pd.DataFrame) or "elapsed_s" not in df.attrs:

@@ -12,13 +12,11 @@ and repeated, and the verdict uses the spread over trials.
 """
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 
 import pandas as pd
 
-from toylib.chapters.ch03_shared_db.contention import (EXTRA_PAUSE_S, enough_calm,
-                                                       reports_running, writer)
+from toylib.chapters.ch03_shared_db.contention import another_round, reports_running, writer
 from toylib.chapters.ch03_shared_db.designs import (DatabasePerService, SharedDatabase,
                                                     ShopDesign, require_running)
 from toylib.chapters.ch03_shared_db.knobs import knobs_or_default, order_for, within_budget
@@ -89,10 +87,8 @@ async def noisy_neighbour(knobs=None, *, setups=tuple(SETUPS), seconds: float = 
     within_budget((trials + extra_trials) * len(setups), seconds, "the noisy neighbour")
     rows, lat = [], {s: [] for s in setups}
     for trial in range(trials + extra_trials):
-        if trial >= trials and enough_calm(rows, ("set-up",)):
+        if not await another_round(rows, ("set-up",), trial, trials):
             break
-        if trial >= trials:
-            await asyncio.sleep(EXTRA_PAUSE_S)
         for label in setups:
             kind, wal, analysts = SETUPS[label]
             async with kind(knobs.but(wal=wal, analysts=1)) as d:

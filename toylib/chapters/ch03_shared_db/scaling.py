@@ -11,8 +11,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from toylib.chapters.ch03_shared_db.contention import (EXTRA_PAUSE_S, counts, enough_calm,
-                                                       writer)
+from toylib.chapters.ch03_shared_db.contention import another_round, counts, writer
 from toylib.chapters.ch03_shared_db.designs import DESIGNS, ShopDesign, require_running
 from toylib.chapters.ch03_shared_db.knobs import SERVICES, knobs_or_default, within_budget
 from toylib.chapters.ch03_shared_db.models import ideal_scaling
@@ -92,10 +91,8 @@ async def scaling(knobs=None, *, workers=(1, 2, 4, 8), seconds: float = 0.8,
     within_budget((trials + extra_trials) * len(workers) * 2, seconds, "scaling")
     rows = []
     for trial in range(trials + extra_trials):
-        if trial >= trials and enough_calm(rows, ("design", "order workers")):
+        if not await another_round(rows, ("design", "order workers"), trial, trials):
             break
-        if trial >= trials:
-            await asyncio.sleep(EXTRA_PAUSE_S)
         for w in workers:
             for name, kind in DESIGNS.items():
                 async with kind(knobs.but(order_workers=w)) as d:
