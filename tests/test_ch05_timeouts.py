@@ -368,6 +368,69 @@ async def test_findings_from_a_small_run_say_what_the_sample_can_show(leakcheck)
                                                                        "success"]
 
 
+# -- a busy machine: the count with timeouts is rerun, and never trusted when stalled -------------
+def _fake_lag_during(max_ms_by_run):
+    """A stand-in for lag_during that reports the given worst lag for each run in turn."""
+    from contextlib import asynccontextmanager
+    from toylib.core.calibrate import LagBeside, LoopLag
+    seq = iter(max_ms_by_run)
+
+    @asynccontextmanager
+    async def fake(seconds):
+        box = LagBeside()
+        yield box
+        box.lag = LoopLag(100, 1.0, 5.0, float(next(seq)))
+    return fake
+
+
+async def test_a_run_with_timeouts_beside_a_stalled_loop_is_rerun(monkeypatch, leakcheck):
+    monkeypatch.setattr(timeouts, "BUSY_PAUSE_S", 0.0)
+    # one rep: "before" (calm), "after" stalled 900 ms (over half the slack), rerun calm
+    monkeypatch.setattr(timeouts, "lag_during", _fake_lag_during([3, 900, 4]))
+    k = replace(FAST, pool=4, hang_p=0.5)
+    r = await timeouts.starvation(k, rate=40, seconds=0.5, reps=1, grace=1.0)
+    assert r.rerun == 1 and len(r.runs["after"]) == len(r.lags["after"]) == 1
+    assert r.worst_lag("after").max_ms == 4 and not r.too_busy
+    assert "1 run(s) rerun" in r.busy_note
+    # reruns used up: the stalled run is kept, and the result says it was too busy
+    monkeypatch.setattr(timeouts, "lag_during", _fake_lag_during([3, 900]))
+    r = await timeouts.starvation(k, rate=40, seconds=0.5, reps=1, grace=1.0, reruns=0)
+    assert r.rerun == 0 and r.too_busy and r.worst_lag("before").max_ms == 3
+
+
+def _starvation_with(hung_after: int, max_lag_ms: float) -> timeouts.Starvation:
+    """A synthetic result: 400 requests per design; the "before" design starved after its fill."""
+    from toylib.core.calibrate import LoopLag
+    from toylib.core.load import LoadResult
+    n = 400
+
+    def frame(hung):
+        return pd.DataFrame({"i": range(n), "due": [i * 12.5 for i in range(n)],
+                             "ok": [i >= hung for i in range(n)],
+                             "error": ["unfinished" if i < hung else None for i in range(n)],
+                             "latency_ms": 20.0,
+                             "endpoint": [HEALTHY if i % 2 == 0 else HUNG for i in range(n)]})
+    r = timeouts.Starvation(replace(FAST, deadline_ms=500.0), 80.0, 5.0, 1.0,
+                            LoopLag(50, 1.0, 2.0, 3.0))
+    for name, hung in (("before", 300), ("after", hung_after)):
+        r.runs[name].append(LoadResult(frame(hung), "open", 5.0, name))
+        r.pools[name].append(pd.DataFrame({"t_s": [0.0], "busy": [FAST.pool]}))
+        r.lags[name].append(LoopLag(50, 1.0, 2.0, max_lag_ms))
+    r.fills.append(0.5)
+    return r
+
+
+@pytest.mark.parametrize("hung, lag_ms, verdict", [
+    (0, 10, claims.HOLDS_IF), (0, 900, claims.HOLDS_IF),    # zero hung stands, however busy
+    (40, 10, claims.FAILS), (40, 900, claims.NOT_SHOWN)])   # hung beside a stall decide nothing
+def test_no_hanging_is_not_judged_from_a_run_too_busy_to_time(hung, lag_ms, verdict):
+    r = _starvation_with(hung, lag_ms)
+    assert r.slack_ms == 500 and r.busy_limit_ms == 250 and r.too_busy == (lag_ms > 250)
+    no_hanging = timeouts.findings(r)[1]
+    assert no_hanging.verdict == verdict, no_hanging
+    assert no_hanging.measured.n == 400 and "stalled up to" in no_hanging.note
+
+
 def test_findings_refuse_what_is_not_a_starvation_result():
     with pytest.raises(TypeError, match="result"):
         timeouts.findings({"hung": 0})

@@ -51,7 +51,7 @@ from toylib.claims import Claim, Estimate, Finding
 from toylib.core import load
 from toylib.chapters.design import running_design
 from toylib.core import validate as v
-from toylib.core.calibrate import LoopLag, loop_lag, stalls_from_env
+from toylib.core.calibrate import BUSY_PAUSE_S, BUSY_RERUNS, LoopLag, loop_lag, stalls_from_env
 from toylib.core.clock import FakeClock, now
 from toylib.core.faults import Error, Latency
 from toylib.core.services import CallError, Node, Service, Store, Topology
@@ -588,10 +588,6 @@ class Outages:
         v.one_of("name", name, DESIGNS)
         ds = [during_outage(o) for o in self.runs[name]]
         return sum(d["succeeded"] for d in ds), sum(d["requests"] for d in ds)
-
-
-BUSY_RERUNS = 3           # per experiment: repetitions run again when too busy to time them
-BUSY_PAUSE_S = 1.0        # the pause before such a rerun (a burst of load often ends by then)
 
 
 async def outage(knobs: Knobs | None = None, *, target: str = "payment", reps: int = 1,

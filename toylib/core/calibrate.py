@@ -25,6 +25,10 @@ from toylib.core.clock import now
 
 # Lateness of a 5 ms sleep above which timings of 20 ms hops are no longer trustworthy.
 BUSY_P99_MS = 15.0
+# An experiment run the machine was too busy to time is run again after a pause (a burst of
+# load on a laptop often ends within a second), up to this many times per experiment.
+BUSY_RERUNS = 3
+BUSY_PAUSE_S = 1.0
 
 
 @dataclass(frozen=True)
