@@ -488,13 +488,18 @@ class Starvation:
         v.one_of("name", name, DESIGNS)
         return max(self.lags[name], key=lambda x: x.max_ms, default=None)
 
+    def stalled(self, lag: LoopLag) -> bool:
+        """Did the event loop, beside a run of the fixed design, stall long enough to turn a
+        timely answer into a "hung" one?"""
+        return lag.max_ms > self.busy_limit_ms
+
     @property
     def too_busy(self) -> bool:
-        """True when, beside a kept run of the fixed design, the event loop stalled long enough
-        to turn a timely answer into a "hung" one. (Without timeouts, hung calls hang for good
-        however busy the machine is, so that design's count needs no such check.)"""
+        """True when the loop :meth:`stalled` beside a kept run of the fixed design. (Without
+        timeouts, hung calls hang for good however busy the machine is, so that design's count
+        needs no such check.)"""
         worst = self.worst_lag("after")
-        return worst is not None and worst.max_ms > self.busy_limit_ms
+        return worst is not None and self.stalled(worst)
 
     @property
     def busy_note(self) -> str:
@@ -550,8 +555,7 @@ async def starvation(knobs: Knobs | None = None, *, rate: float = 80.0, seconds:
                     if name == "after":
                         stats, spans = d.retry_stats, d.tracer.df()
                         tokens = d.budget.tokens if d.budget is not None else None
-                if (name == "before" or out.rerun >= reruns
-                        or beside.lag.max_ms <= out.busy_limit_ms):
+                if name == "before" or out.rerun >= reruns or not out.stalled(beside.lag):
                     break
                 out.rerun += 1
                 await asyncio.sleep(BUSY_PAUSE_S)
@@ -1083,9 +1087,7 @@ def findings(result: Starvation) -> list[Finding]:
     if hung and result.too_busy:
         # A stalled loop can turn a timely answer into a "hung" one, never the reverse: a
         # count of zero stands, a count above zero from such a run decides nothing.
-        answered = Estimate(answered.value, 0.0, 1.0, answered.n,
-                            f"{answered.how}; widened to [0, 1]: the machine was too busy to "
-                            f"time this run", answered.unit)
+        answered = answered.too_busy(0.0, 1.0)
     return [
         exhaustion.judge(
             Estimate.proportion(starved, due), ideal=1.0,

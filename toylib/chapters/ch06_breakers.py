@@ -937,8 +937,7 @@ def findings(runs: Outages) -> list[Finding]:
     def timed(e: Estimate, low: float, high: float) -> Estimate:
         if not runs.too_busy:
             return e
-        return Estimate(e.value, low, high, e.n, f"{e.how}; widened to [{low:g}, {high:g}]: "
-                        "the machine was too busy to time this run", e.unit)
+        return e.too_busy(low, high)
     return [
         claims["outages"].judge(timed(Estimate.proportion(n_b - ok_b, n_b), 0, 1),
                                 ideal=cascade_ideal(k),

@@ -119,6 +119,16 @@ class Estimate:
         return cls(num.value / den.value, num.low / den.high, num.high / den.low,
                    min(num.n, den.n), f"ratio of ({num.how}) to ({den.how})", unit)
 
+    def too_busy(self, low: float, high: float) -> "Estimate":
+        """This estimate widened to ``[low, high]`` (everything it could be), because the machine
+        was too busy to time the run it came from: its verdict becomes "not shown by this run"
+        rather than what the machine, not the design, produced. More trials at the same rate
+        would not decide it, so the count ``k`` is dropped."""
+        v.number("low", low, high=self.value)
+        v.number("high", high, low=self.value)
+        return Estimate(self.value, low, high, self.n, f"{self.how}; widened to [{low:g}, "
+                        f"{high:g}]: the machine was too busy to time this run", self.unit)
+
     def fmt(self, spec: str = ".3g") -> str:
         """The value, and its interval when it has one: ``52.1 ms [48.9, 55.3]``."""
         u = f" {self.unit}" if self.unit and self.unit != "x" else ("x" if self.unit == "x" else "")
